@@ -38,6 +38,18 @@ RESOURCE_NAMES = {
     SAFETY_CHECKER: "SafetyChecker",
 }
 
+# The source submodel folder whose weights each component is built from.
+SUBMODEL_OF = {
+    TEXT_ENCODER: "text_encoder",
+    TEXT_ENCODER_2: "text_encoder_2",
+    UNET: "unet",
+    CONTROL_UNET: "unet",
+    CONTROLNET: "unet",  # a synthetic ControlNet mirrors the UNet's encoder half
+    VAE_DECODER: "vae",
+    VAE_ENCODER: "vae",
+    SAFETY_CHECKER: "safety_checker",
+}
+
 VERSION_METADATA_KEY = "com.github.apple.ml-stable-diffusion.version"
 
 
@@ -72,17 +84,7 @@ class ArchInfo:
         return self.family == "sdxl"
 
     def supports(self, component: str) -> bool:
-        required = {
-            TEXT_ENCODER: "text_encoder",
-            TEXT_ENCODER_2: "text_encoder_2",
-            UNET: "unet",
-            CONTROL_UNET: "unet",
-            CONTROLNET: "unet",
-            VAE_DECODER: "vae",
-            VAE_ENCODER: "vae",
-            SAFETY_CHECKER: "safety_checker",
-        }[component]
-        return required in self.components
+        return SUBMODEL_OF[component] in self.components
 
     @classmethod
     def from_configs(cls, name: str, configs: dict[str, dict]) -> ArchInfo:

@@ -1,0 +1,41 @@
+# sdbuild: `make build` builds a recipe, `make test` runs the suite. Both create or refresh the
+# virtual environment (.venv) from requirements.lock first, so a fresh clone needs nothing else.
+#   make build RECIPE=sd2-ane OVERRIDES="model.source=synthetic attention=original"
+#   make run PROMPT="a photo of an astronaut riding a horse" [BUILD=outputs/<recipe>/<id>]
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sdbuild-installed
+RECIPE ?= tiny
+OVERRIDES ?=
+PROMPT ?= a photo of an astronaut riding a horse
+RUN_ARGS ?=
+BUILD ?=
+TEST_ARGS ?=
+
+.PHONY: build test run bench clean-outputs venv
+
+venv: $(STAMP)
+
+# Rebuilt whenever the pins or the package metadata change (a stale venv is refreshed).
+$(STAMP): requirements.lock pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
+	@touch $@
+
+build: $(STAMP)
+	$(PY) -m sdbuild recipe=$(RECIPE) $(OVERRIDES)
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 -q $(TEST_ARGS)
+
+run: $(STAMP)
+	$(PY) -m sdbuild.runner --prompt "$(PROMPT)" $(if $(BUILD),--build $(BUILD),--recipe $(RECIPE)) $(RUN_ARGS)
+
+bench: $(STAMP)
+	@echo "Real-size benchmarks (minutes each, ~10 GB RAM):"; ls bench/*.py
+
+clean-outputs:
+	rm -rf outputs/*/ outputs/.hydra

@@ -1,0 +1,5 @@
+import sys
+
+from sdbuild.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""Recipe schema (structured configs) and its parts."""

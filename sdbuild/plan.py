@@ -1,0 +1,47 @@
+"""Build spec -> plan: one job per component, with everything its stages need to know."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sdbuild.contract import (
+    CONTROL_UNET, CONTROLNET, SUBMODEL_OF, UNET, VAE_DECODER, VAE_ENCODER, Interface,
+    component_interface, package_file_name, vae_precision,
+)
+from sdbuild.spec import BuildSpec
+
+# Components whose graph changes with the attention implementation.
+ATTENTION_COMPONENTS = (UNET, CONTROL_UNET, CONTROLNET)
+
+
+@dataclass(frozen=True)
+class ComponentJob:
+    component: str
+    submodel: str  # the source folder whose weights it needs (and only those)
+    interface: Interface
+    precision: str
+    file_name: str
+    attention: str | None
+    compress: bool
+    chunk: bool
+    min_psnr: float
+
+
+def plan_jobs(spec: BuildSpec) -> list[ComponentJob]:
+    jobs = []
+    for component in spec.components:
+        precision = vae_precision(spec.arch) if component in (VAE_DECODER, VAE_ENCODER) else "float16"
+        jobs.append(
+            ComponentJob(
+                component=component,
+                submodel=SUBMODEL_OF[component],
+                interface=component_interface(component, spec.arch, spec.latent_size, spec.batch_size),
+                precision=precision,
+                file_name=package_file_name(spec.source.model_id, component),
+                attention=spec.attention if component in ATTENTION_COMPONENTS else None,
+                compress=spec.quantization.mode != "none" and component in spec.quantization.components,
+                chunk=spec.chunking.enabled and component in spec.chunking.components,
+                min_psnr=spec.min_psnr_for(component),
+            )
+        )
+    return jobs

@@ -1,0 +1,31 @@
+"""Silence third-party chatter that means nothing to sdbuild users; real warnings stay visible."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import warnings
+
+# Messages we know are noise on every run: unsupported-version notices for versions we pin and
+# test, and macOS-only runtime proxies that are absent on Linux by design.
+_NOISE = (
+    r"Torch version .* has not been tested with coremltools",
+    r"scikit-learn version .* is not supported",
+    r"Failed to load _MLModel",
+    r"Failed to load _ML",
+)
+
+
+@functools.cache
+def quiet_coremltools():
+    """Import coremltools with its import-time noise silenced; returns the module."""
+    for pattern in _NOISE:
+        warnings.filterwarnings("ignore", message=pattern)
+    os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools draws a bar per MIL pass
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    import coremltools as ct
+
+    # coremltools logs each of its MIL passes at INFO with a progress bar; keep errors only.
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    return ct

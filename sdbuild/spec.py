@@ -1,0 +1,205 @@
+"""Recipe -> validated build spec: every check that needs more than the schema's types.
+
+Order matters for the user: checks that need nothing are done first, then the source is resolved
+(reads configs only, may need the network for a Hub id), then checks that need the architecture.
+Everything fails here, before any weights are loaded or any file is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
+from sdbuild.config.schema import BuildConfig, SourceKind
+from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
+from sdbuild.errors import SdbuildError
+from sdbuild.models import check_attention
+from sdbuild.sources import ResolvedSource, resolve_source
+from sdbuild.stages.compress import check_compression
+from sdbuild.versions import tool_versions
+
+# Config keys that say where things go, not what is built: they do not change the build id.
+PLACEMENT_KEYS = ("output", "cache")
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    recipe: str
+    config: dict  # the resolved recipe as plain JSON-able data, recorded in the manifest
+    source: ResolvedSource
+    components: tuple[str, ...]
+    attention: str
+    deployment_target: str
+    compute_units: str
+    latent_size: tuple[int, int]
+    batch_size: int
+    quantization: QuantizationConfig
+    chunking: ChunkingConfig
+    verify: bool
+    min_psnr: dict[str, float]
+    output_root: Path
+    cache_dir: Path | None
+    cache_enabled: bool
+
+    @property
+    def arch(self) -> ArchInfo:
+        return self.source.arch
+
+    @property
+    def build_id(self) -> str:
+        """Derived from what determines the build: recipe, source identity, tool versions."""
+        build_relevant = {k: v for k, v in self.config.items() if k not in PLACEMENT_KEYS}
+        identity = {
+            "recipe": build_relevant,
+            "source": self.source.identity(),
+            "tools": tool_versions(),
+        }
+        return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
+
+    @property
+    def output_dir(self) -> Path:
+        return self.output_root / self.recipe / self.build_id
+
+    def min_psnr_for(self, component: str) -> float:
+        return self.min_psnr.get(component, self.min_psnr["default"])
+
+
+def canonical_json(data) -> str:
+    return json.dumps(data, sort_keys=True, separators=(",", ":"))
+
+
+def plain_config(cfg: DictConfig) -> dict:
+    """The composed config as JSON-able data (enums as their values), without Hydra's node."""
+    data = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    data.pop("hydra", None)
+    return data
+
+
+def validate(cfg: DictConfig) -> BuildSpec:
+    """Check a composed recipe and resolve its source; raise SdbuildError on the first problem."""
+    data = plain_config(cfg)
+    try:
+        # Re-merge into the schema: `+key=value` overrides slip past Hydra's struct mode.
+        build: BuildConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(BuildConfig), data))
+    except OmegaConfBaseException as exc:
+        raise SdbuildError(describe_config_error(exc), "see README: Recipes and overrides") from exc
+    components = _check_components(build.components)
+    latent = _check_latent(build.latent.height, build.latent.width)
+    if build.batch_size not in (1, 2):
+        raise SdbuildError(
+            f"batch_size={build.batch_size} is not supported",
+            "use 2 (classifier-free guidance in one UNet call) or 1",
+        )
+    _check_min_psnr(build.min_psnr)
+    target = build.target.minimum_deployment_target.value
+    check_compression(build.quantization, target, list(components))
+    _check_model_reference(build)
+
+    source = resolve_source(build.model)
+    arch = source.arch
+    missing = [c for c in components if not arch.supports(c)]
+    if missing:
+        supported = [c for c in ALL_COMPONENTS if arch.supports(c)]
+        raise SdbuildError(
+            f"architecture '{arch.name}' has no component {', '.join(missing)}",
+            f"components for it: {', '.join(supported)}",
+        )
+    if CONTROLNET in components and source.kind != SourceKind.synthetic.value:
+        raise SdbuildError(
+            "controlnet builds need a ControlNet checkpoint, which only model.source=synthetic provides so far",
+            "drop controlnet from components, or use model.source=synthetic",
+        )
+    attention = build.attention.implementation.value
+    check_attention(attention, arch)
+    return BuildSpec(
+        recipe=build.name,
+        config=data,
+        source=source,
+        components=components,
+        attention=attention,
+        deployment_target=target,
+        compute_units=build.target.compute_units.value,
+        latent_size=latent or (arch.default_latent_size, arch.default_latent_size),
+        batch_size=build.batch_size,
+        quantization=build.quantization,
+        chunking=build.chunking,
+        verify=build.verify,
+        min_psnr=dict(build.min_psnr),
+        output_root=Path(build.output.dir),
+        cache_dir=Path(build.cache.dir).expanduser() if build.cache.dir else None,
+        cache_enabled=build.cache.enabled,
+    )
+
+
+def describe_config_error(exc: BaseException) -> str:
+    """One line naming the key and, where known, the allowed values (Hydra/OmegaConf errors)."""
+    from hydra.errors import MissingConfigException
+
+    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
+        group, _, choice = exc.missing_cfg_file.rpartition("/")
+        if group:
+            return f"{group}={choice}: no such option; choose one of: {', '.join(exc.options or [])}"
+        return f"config '{choice}' not found"
+    cause = exc
+    while cause.__cause__ is not None and not hasattr(cause, "full_key"):
+        cause = cause.__cause__
+    message = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
+    key = getattr(cause, "full_key", None)
+    return f"{key}: {message}" if key and key not in message else message
+
+
+def _check_components(components: list[str]) -> tuple[str, ...]:
+    if not components:
+        raise SdbuildError("components is empty", f"list some of: {', '.join(ALL_COMPONENTS)}")
+    unknown = [c for c in components if c not in ALL_COMPONENTS]
+    if unknown:
+        raise SdbuildError(
+            f"unknown component {', '.join(repr(c) for c in unknown)} in components",
+            f"allowed: {', '.join(ALL_COMPONENTS)}",
+        )
+    if len(set(components)) != len(components):
+        raise SdbuildError("components lists a component twice", "list each component once")
+    # Build in pipeline order so progress and manifests read the same for every recipe.
+    return tuple(c for c in ALL_COMPONENTS if c in components)
+
+
+def _check_latent(height: int | None, width: int | None) -> tuple[int, int] | None:
+    if height is None and width is None:
+        return None
+    if height is None or width is None:
+        raise SdbuildError(
+            "latent.height and latent.width must be set together",
+            "set both, or neither for the model's native size",
+        )
+    for key, value in (("latent.height", height), ("latent.width", width)):
+        if value <= 0 or value % 8:
+            raise SdbuildError(
+                f"{key}={value} is not a positive multiple of 8",
+                "the UNet halves the latent three times; e.g. 64 for 512 px images",
+            )
+    return height, width
+
+
+def _check_min_psnr(min_psnr: dict[str, float]) -> None:
+    if "default" not in min_psnr:
+        raise SdbuildError("min_psnr has no 'default' entry", "add min_psnr.default=35")
+    unknown = [k for k in min_psnr if k != "default" and k not in ALL_COMPONENTS]
+    if unknown:
+        raise SdbuildError(
+            f"min_psnr names unknown component {', '.join(unknown)}",
+            f"keys: default, {', '.join(ALL_COMPONENTS)}",
+        )
+
+
+def _check_model_reference(build: BuildConfig) -> None:
+    model = build.model
+    if model.source == SourceKind.hub and not model.id:
+        raise SdbuildError("model.source=hub needs model.id", "e.g. model.id=stabilityai/stable-diffusion-2-1-base")
+    if model.source == SourceKind.local and not model.path:
+        raise SdbuildError("model.source=local needs model.path", "point model.path at a diffusers folder")

@@ -1,0 +1,1 @@
+"""Build stages, one module each: load, trace, convert, compress, chunk, verify, store."""

@@ -110,6 +110,33 @@ def summary_table(manifest: Manifest, timings: dict[str, dict[str, float]]) -> s
     return format_table(["component", "file", "MB", "compression", "PSNR dB", "seconds"], rows)
 
 
+def _manifest(spec: BuildSpec, components: dict[str, ComponentInfo], tokenizer: list[FileInfo]) -> Manifest:
+    source = spec.source
+    return Manifest(
+        build_id=spec.build_id,
+        recipe=RecipeInfo(name=spec.recipe, config=spec.config),
+        source=SourceInfo(
+            kind=source.kind,
+            model_id=source.model_id,
+            revision=source.revision,
+            digest=source.digest,
+            architecture=source.arch.name,
+            family=source.arch.family,
+            scheduler=source.configs.get("scheduler", {}),
+            latent_scaling_factor=source.arch.vae_scaling_factor,
+            prediction_type=source.arch.prediction_type,
+        ),
+        latent_size=list(spec.latent_size),
+        batch_size=spec.batch_size,
+        attention=spec.attention,
+        deployment_target=spec.deployment_target,
+        compute_units=spec.compute_units,
+        tokenizer=tokenizer,
+        components=components,
+        tools=tool_versions(),
+    )
+
+
 def _stage_parts(spec: BuildSpec, job: ComponentJob) -> dict:
     """What the float16 conversion of a component depends on, and nothing else."""
     return {

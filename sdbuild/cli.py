@@ -13,13 +13,15 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sdbuild.errors import SdbuildError
+from sdbuild.errors import SdbuildError, describe_config_error
+from sdbuild.quiet import silence_progress_bars
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 PRIMARY_CONFIG = "build"
 
 
 def main(argv: list[str] | None = None) -> int:
+    silence_progress_bars()
     argv = list(sys.argv[1:] if argv is None else argv)
     subcommands = _subcommands()
     try:
@@ -67,14 +69,15 @@ def _build_main(argv: list[str]) -> int:
     register_configs()
     app = hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name=PRIMARY_CONFIG)(_run_build)
     sys.argv = [sys.argv[0], *argv]
-    app()
+    try:
+        app()
+    except SystemExit as exc:  # Hydra and _run_build end failed runs this way
+        return exc.code if isinstance(exc.code, int) else 1
     return 0
 
 
 def _preflight(overrides: list[str]) -> None:
     """Compose once up front so config mistakes come out as one clear line, not a Hydra dump."""
-    from sdbuild.spec import describe_config_error
-
     try:
         compose_recipe(overrides)
     except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad recipe

@@ -6,29 +6,8 @@ import argparse
 from pathlib import Path
 
 from sdbuild.errors import SdbuildError
-from sdbuild.manifest import Manifest, read_manifest
-from sdbuild.package_io import package_digest
+from sdbuild.manifest import Manifest, check_build, read_manifest
 from sdbuild.progress import format_table
-
-
-def check_build(build_dir: Path) -> tuple[Manifest, list[str]]:
-    """The build's manifest and every mismatch between it and the files on disk."""
-    manifest = read_manifest(build_dir)
-    problems = []
-    for entry in _recorded_files(manifest):
-        path = build_dir / entry.file
-        if not path.exists():
-            problems.append(f"{entry.file}: missing")
-        elif (digest := package_digest(path)) != entry.sha256:
-            problems.append(f"{entry.file}: sha256 {digest[:12]}… does not match the manifest's {entry.sha256[:12]}…")
-    return manifest, problems
-
-
-def _recorded_files(manifest: Manifest):
-    yield from manifest.tokenizer
-    for component in manifest.components.values():
-        yield component
-        yield from component.chunks
 
 
 def verify_main(argv: list[str]) -> int:

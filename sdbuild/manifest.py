@@ -142,6 +142,28 @@ def read_manifest(build_dir: Path) -> Manifest:
         raise SdbuildError(f"{path} does not match the manifest schema: {where}: {first['msg']}", "rebuild the recipe") from exc
 
 
+def check_build(build_dir: Path) -> tuple[Manifest, list[str]]:
+    """The build's manifest and every mismatch between it and the files on disk."""
+    from sdbuild.package_io import package_digest
+
+    manifest = read_manifest(build_dir)
+    problems = []
+    for entry in _recorded_files(manifest):
+        path = build_dir / entry.file
+        if not path.exists():
+            problems.append(f"{entry.file}: missing")
+        elif (digest := package_digest(path)) != entry.sha256:
+            problems.append(f"{entry.file}: sha256 {digest[:12]}... does not match the manifest's {entry.sha256[:12]}...")
+    return manifest, problems
+
+
+def _recorded_files(manifest: Manifest):
+    yield from manifest.tokenizer
+    for component in manifest.components.values():
+        yield component
+        yield from component.chunks
+
+
 def json_schema() -> dict:
     """The manifest's JSON Schema, for tools outside Python."""
     return Manifest.model_json_schema()

@@ -5,13 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdbuild.contract import (
-    CONTROL_UNET, CONTROLNET, SUBMODEL_OF, UNET, VAE_DECODER, VAE_ENCODER, Interface,
-    component_interface, package_file_name, vae_precision,
+    SUBMODEL_OF, VAE_DECODER, VAE_ENCODER, Interface, component_interface, package_file_name,
+    vae_precision,
 )
+from sdbuild.models import ATTENTION_COMPONENTS
 from sdbuild.spec import BuildSpec
-
-# Components whose graph changes with the attention implementation.
-ATTENTION_COMPONENTS = (UNET, CONTROL_UNET, CONTROLNET)
 
 
 @dataclass(frozen=True)

@@ -17,12 +17,19 @@ _NOISE = (
 )
 
 
+def silence_progress_bars() -> None:
+    """coremltools draws a tqdm bar per MIL pass; sdbuild prints its own per-stage progress.
+
+    tqdm reads TQDM_DISABLE when it is imported, so entry points call this before heavy imports.
+    """
+    os.environ.setdefault("TQDM_DISABLE", "1")
+
+
 @functools.cache
 def quiet_coremltools():
     """Import coremltools with its import-time noise silenced; returns the module."""
     for pattern in _NOISE:
         warnings.filterwarnings("ignore", message=pattern)
-    os.environ.setdefault("TQDM_DISABLE", "1")  # coremltools draws a bar per MIL pass
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     import coremltools as ct
 

@@ -18,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 from sdbuild.config.schema import BuildConfig, SourceKind
 from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
-from sdbuild.errors import SdbuildError
+from sdbuild.errors import SdbuildError, describe_config_error
 from sdbuild.models import check_attention
 from sdbuild.sources import ResolvedSource, resolve_source
 from sdbuild.stages.compress import check_compression
@@ -116,7 +116,8 @@ def validate(cfg: DictConfig) -> BuildSpec:
             "drop controlnet from components, or use model.source=synthetic",
         )
     attention = build.attention.implementation.value
-    check_attention(attention, arch)
+    for component in components:
+        check_attention(component, attention, arch)
     return BuildSpec(
         recipe=build.name,
         config=data,
@@ -135,23 +136,6 @@ def validate(cfg: DictConfig) -> BuildSpec:
         cache_dir=Path(build.cache.dir).expanduser() if build.cache.dir else None,
         cache_enabled=build.cache.enabled,
     )
-
-
-def describe_config_error(exc: BaseException) -> str:
-    """One line naming the key and, where known, the allowed values (Hydra/OmegaConf errors)."""
-    from hydra.errors import MissingConfigException
-
-    if isinstance(exc, MissingConfigException) and exc.missing_cfg_file:
-        group, _, choice = exc.missing_cfg_file.rpartition("/")
-        if group:
-            return f"{group}={choice}: no such option; choose one of: {', '.join(exc.options or [])}"
-        return f"config '{choice}' not found"
-    cause = exc
-    while cause.__cause__ is not None and not hasattr(cause, "full_key"):
-        cause = cause.__cause__
-    message = str(getattr(cause, "msg", None) or cause).strip().splitlines()[0]
-    key = getattr(cause, "full_key", None)
-    return f"{key}: {message}" if key and key not in message else message
 
 
 def _check_components(components: list[str]) -> tuple[str, ...]:

@@ -22,3 +22,21 @@ def _no_network(monkeypatch):
         return real_connect(sock, address)
 
     monkeypatch.setattr(socket.socket, "connect", guarded_connect)
+
+
+@pytest.fixture(scope="session")
+def shared_cache_dir(tmp_path_factory):
+    """One stage cache for the whole run, shared by xdist workers (its locks make that safe)."""
+    return tmp_path_factory.getbasetemp().parent / "sdbuild-cache"
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tmp_path_factory, shared_cache_dir):
+    """The default recipe, built once per worker through the public CLI."""
+    from sdbuild.cli import main
+
+    root = tmp_path_factory.mktemp("tiny")
+    assert main([f"output.dir={root / 'outputs'}", f"cache.dir={shared_cache_dir}"]) == 0
+    builds = [p for p in (root / "outputs" / "tiny").iterdir() if not p.name.startswith(".")]
+    assert len(builds) == 1
+    return builds[0]

@@ -8,7 +8,7 @@ value outside its enum fails at composition, before any work. Checks that need m
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import Enum
+from enum import StrEnum
 from typing import Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
@@ -16,26 +16,26 @@ from hydra.core.config_store import ConfigStore
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 
 
-class SourceKind(Enum):
+class SourceKind(StrEnum):
     hub = "hub"
     local = "local"
     synthetic = "synthetic"
 
 
-class AttentionImplementation(Enum):
+class AttentionImplementation(StrEnum):
     ORIGINAL = "ORIGINAL"
     SPLIT_EINSUM = "SPLIT_EINSUM"
     SPLIT_EINSUM_V2 = "SPLIT_EINSUM_V2"
 
 
-class ComputeUnits(Enum):
+class ComputeUnits(StrEnum):
     CPU_ONLY = "CPU_ONLY"
     CPU_AND_GPU = "CPU_AND_GPU"
     CPU_AND_NE = "CPU_AND_NE"
     ALL = "ALL"
 
 
-class DeploymentTarget(Enum):
+class DeploymentTarget(StrEnum):
     macOS13 = "macOS13"
     macOS14 = "macOS14"
     macOS15 = "macOS15"

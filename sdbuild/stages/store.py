@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sdbuild.manifest import BUILD_INFO_FILE
+from sdbuild.package_io import replace_path
 
 
 @contextmanager
@@ -30,13 +31,7 @@ def staging_folder(final: Path):
 
 def publish(staging: Path, final: Path) -> None:
     """Move the complete staging folder to ``final``, replacing an older build of the same id."""
-    if final.exists():
-        retired = final.parent / f".{final.name}.old-{os.getpid()}"
-        os.replace(final, retired)
-        os.replace(staging, final)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, final)
+    replace_path(staging, final)
 
 
 def write_build_info(folder: Path, info: dict) -> None:

@@ -1,0 +1,5 @@
+"""Content-addressed cache of build stage results (see ``store`` for the layout and guarantees)."""
+
+from sdbuild.cache.store import BuildCache, CacheEntry, CorruptEntryWarning
+
+__all__ = ["BuildCache", "CacheEntry", "CorruptEntryWarning"]

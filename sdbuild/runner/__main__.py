@@ -1,0 +1,5 @@
+import sys
+
+from sdbuild.runner.cli import main
+
+sys.exit(main())

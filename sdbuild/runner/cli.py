@@ -1,0 +1,77 @@
+"""`sdbuild-run` / `make run`: generate an image from a build's manifest.
+
+    sdbuild-run --prompt "a photo of an astronaut riding a horse" [--build DIR | --recipe NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from sdbuild.errors import SdbuildError
+from sdbuild.quiet import silence_progress_bars
+from sdbuild.manifest import MANIFEST_FILE
+from sdbuild.runner.backends import BACKENDS
+from sdbuild.runner.pipeline import SCHEDULERS, GenerationSettings, Pipeline, settings_record
+
+
+def latest_build(outputs: Path, recipe: str) -> Path:
+    """The most recently built folder of ``recipe`` under ``outputs``."""
+    builds = [m.parent for m in (outputs / recipe).glob(f"*/{MANIFEST_FILE}") if not m.parent.name.startswith(".")]
+    if not builds:
+        raise SdbuildError(f"no build of recipe '{recipe}' under {outputs}",
+                           f"run `make build RECIPE={recipe}` first, or pass --build DIR")
+    return max(builds, key=lambda p: (p / MANIFEST_FILE).stat().st_mtime)
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    defaults = GenerationSettings(prompt="")
+    parser = argparse.ArgumentParser(prog="sdbuild-run", description="Generate an image from an sdbuild build.")
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--build", type=Path, help="a build folder (outputs/<recipe>/<build-id>)")
+    where.add_argument("--recipe", default="tiny", help="use the latest build of this recipe (default: tiny)")
+    parser.add_argument("--outputs", type=Path, default=Path("outputs"), help="where builds live (default: outputs)")
+    parser.add_argument("--prompt", required=True)
+    parser.add_argument("--negative-prompt", default=defaults.negative_prompt)
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--guidance-scale", type=float, default=defaults.guidance_scale)
+    parser.add_argument("--seed", type=int, default=defaults.seed)
+    parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=defaults.scheduler)
+    parser.add_argument("--init-image", help="image-to-image: start from this picture (needs vae_encoder)")
+    parser.add_argument("--strength", type=float, default=defaults.strength, help="image-to-image: how much to change it")
+    parser.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: Core ML on macOS, the evaluator elsewhere")
+    parser.add_argument("--output", type=Path, help="PNG path (default: <outputs>/images/<recipe>-<seed>-<prompt>.png)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    silence_progress_bars()
+    args = parse_args(list(sys.argv[1:] if argv is None else argv))
+    try:
+        build_dir = args.build or latest_build(args.outputs, args.recipe)
+        settings = GenerationSettings(
+            prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
+            guidance_scale=args.guidance_scale, seed=args.seed, scheduler=args.scheduler,
+            init_image=args.init_image, strength=args.strength, backend=args.backend,
+        )
+        if settings.steps < 1:
+            raise SdbuildError(f"--steps {settings.steps} is not a positive number", "e.g. --steps 25")
+        pipeline = Pipeline(build_dir, backend=args.backend)
+        image = pipeline.generate(settings)
+    except SdbuildError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    from PIL import Image
+
+    manifest = pipeline.manifest
+    slug = re.sub(r"[^a-z0-9]+", "-", args.prompt.lower()).strip("-")[:48] or "image"
+    output = args.output or args.outputs / "images" / f"{manifest.recipe.name}-{args.seed}-{slug}.png"
+    output.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image).save(output)
+    record = settings_record(settings, manifest, pipeline.backend)
+    output.with_suffix(".json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {output} ({image.shape[1]}x{image.shape[0]}) and {output.with_suffix('.json').name}")
+    return 0

@@ -1,0 +1,224 @@
+"""Text (and optionally an image) -> image, from a build's manifest and files alone.
+
+Mirrors what Core ML Stable Diffusion apps do with these models: tokenize, encode the prompt and
+the negative prompt, denoise with classifier-free guidance using a diffusers scheduler built from
+the manifest's scheduler config, decode the latents (divided by the latent scaling factor).
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from sdbuild.errors import SdbuildError
+from sdbuild.manifest import ComponentInfo, Manifest, check_build
+from sdbuild.runner.backends import ChunkedPredictor, Predictor, load_predictor, resolve_backend
+
+SCHEDULERS = {
+    "DDIM": "DDIMScheduler",
+    "DPMSolverMultistep": "DPMSolverMultistepScheduler",
+    "EulerDiscrete": "EulerDiscreteScheduler",
+    "EulerAncestralDiscrete": "EulerAncestralDiscreteScheduler",
+    "LMSDiscrete": "LMSDiscreteScheduler",
+    "PNDM": "PNDMScheduler",
+}
+CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
+CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
+
+
+@dataclass
+class GenerationSettings:
+    prompt: str
+    negative_prompt: str = ""
+    steps: int = 50
+    guidance_scale: float = 7.5
+    seed: int = 93
+    scheduler: str = "DPMSolverMultistep"
+    init_image: str | None = None
+    strength: float = 0.75
+    backend: str = "auto"
+
+
+def open_build(build_dir: Path) -> Manifest:
+    """The manifest, after checking its schema and every file's hash; nothing is loaded before."""
+    manifest, problems = check_build(build_dir)
+    if problems:
+        raise SdbuildError(
+            f"build {build_dir} does not match its manifest: {'; '.join(problems)}",
+            "the files were changed or damaged; rebuild the recipe",
+        )
+    return manifest
+
+
+class Pipeline:
+    def __init__(self, build_dir: Path, backend: str = "auto", progress=None):
+        self.build_dir = build_dir
+        self.manifest = open_build(build_dir)
+        self.backend = resolve_backend(backend)
+        self._progress = progress or (lambda text: print(text, file=sys.stderr, flush=True))
+        self._models: dict[str, Predictor] = {}
+        from transformers import CLIPTokenizer
+
+        self.tokenizer = CLIPTokenizer(
+            vocab_file=str(build_dir / "vocab.json"), merges_file=str(build_dir / "merges.txt")
+        )
+
+    def has(self, component: str) -> bool:
+        return component in self.manifest.components
+
+    def model(self, component: str) -> Predictor:
+        if component not in self._models:
+            if not self.has(component):
+                raise SdbuildError(f"this build has no {component}", "rebuild with it listed in components")
+            info = self.manifest.components[component]
+            self._progress(f"loading {component} ({self.backend})")
+            self._models[component] = self._load(info)
+        return self._models[component]
+
+    def _load(self, info: ComponentInfo) -> Predictor:
+        units = self.manifest.compute_units
+        if info.chunks:  # chunks are preferred when both exist, as in the Swift package
+            return ChunkedPredictor([
+                (load_predictor(self.backend, self.build_dir / c.file, units), [t.name for t in c.interface.inputs])
+                for c in info.chunks
+            ])
+        return load_predictor(self.backend, self.build_dir / info.file, units)
+
+    # --- conditioning ---------------------------------------------------------------------
+
+    def _token_ids(self, text: str) -> np.ndarray:
+        ids = self.tokenizer(text, padding="max_length", max_length=77, truncation=True).input_ids
+        return np.asarray(ids, dtype=np.float32)[None, :]
+
+    def encode_text(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
+        """(hidden states (1, D, 1, 77) for the UNet, pooled embedding for SDXL or None)."""
+        ids = self._token_ids(text)
+        if self.manifest.source.family != "sdxl":
+            hidden = self.model("text_encoder").predict({"input_ids": ids})["last_hidden_state"]
+            return _unet_layout(hidden), None
+        first = self.model("text_encoder").predict({"input_ids": ids})
+        second = self.model("text_encoder_2").predict({"input_ids": ids})
+        hidden = np.concatenate([first["hidden_embeds"], second["hidden_embeds"]], axis=-1)
+        return _unet_layout(hidden), second["pooled_outputs"]
+
+    # --- generation -----------------------------------------------------------------------
+
+    def generate(self, settings: GenerationSettings) -> np.ndarray:
+        """An (H, W, 3) uint8 image."""
+        import torch
+
+        scheduler = make_scheduler(settings.scheduler, self.manifest.source.scheduler)
+        scheduler.set_timesteps(settings.steps)
+        cond, cond_pooled = self.encode_text(settings.prompt)
+        uncond, uncond_pooled = self.encode_text(settings.negative_prompt)
+        generator = torch.Generator().manual_seed(settings.seed)
+        h, w = self.manifest.latent_size
+        shape = (1, 4, h, w)
+        timesteps = scheduler.timesteps
+        noise = torch.randn(shape, generator=generator)
+        if settings.init_image:
+            latents, timesteps = self._image_latents(settings, scheduler, noise, generator)
+        else:
+            latents = noise * scheduler.init_noise_sigma
+        extra = self._extra_unet_inputs(cond_pooled, uncond_pooled)
+        # Ancestral samplers draw noise each step; seed it too where the scheduler accepts it.
+        step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
+        for index, t in enumerate(timesteps, start=1):
+            model_input = scheduler.scale_model_input(latents, t)
+            noise_uncond, noise_cond = self._predict_noise(model_input.numpy(), float(t), uncond, cond, extra)
+            guided = noise_uncond + settings.guidance_scale * (noise_cond - noise_uncond)
+            latents = scheduler.step(torch.from_numpy(guided), t, latents, **step_options).prev_sample
+            self._progress(f"step {index}/{len(timesteps)}")
+        image = self.decode(latents.numpy())
+        return self._safety_filter(image)
+
+    def _predict_noise(self, latents, t, uncond, cond, extra) -> tuple[np.ndarray, np.ndarray]:
+        unet = self.model("unet")
+        if self.manifest.batch_size == 2:
+            feed = {
+                "sample": np.concatenate([latents, latents]),
+                "timestep": np.array([t, t], dtype=np.float32),
+                "encoder_hidden_states": np.concatenate([uncond, cond]),
+                **{k: np.concatenate(v) for k, v in extra.items()},
+            }
+            noise = unet.predict(feed)["noise_pred"]
+            return noise[:1], noise[1:]
+        results = []
+        for index, hidden in enumerate((uncond, cond)):
+            feed = {"sample": latents, "timestep": np.array([t], dtype=np.float32),
+                    "encoder_hidden_states": hidden, **{k: v[index] for k, v in extra.items()}}
+            results.append(unet.predict(feed)["noise_pred"])
+        return results[0], results[1]
+
+    def _extra_unet_inputs(self, cond_pooled, uncond_pooled) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """SDXL's added conditioning: pooled text embeddings and (original, crop, target) sizes."""
+        if self.manifest.source.family != "sdxl":
+            return {}
+        height, width = (8 * s for s in self.manifest.latent_size)
+        time_ids = np.array([[height, width, 0, 0, height, width]], dtype=np.float32)
+        return {"text_embeds": (uncond_pooled, cond_pooled), "time_ids": (time_ids, time_ids)}
+
+    def _image_latents(self, settings, scheduler, noise, generator):
+        import torch
+        from PIL import Image
+
+        if not self.has("vae_encoder"):
+            raise SdbuildError("image-to-image needs a vae_encoder in the build", "rebuild with vae_encoder in components")
+        if not 0.0 < settings.strength <= 1.0:
+            raise SdbuildError(f"strength={settings.strength} is outside (0, 1]", "e.g. --strength 0.75")
+        h, w = self.manifest.latent_size
+        image = Image.open(settings.init_image).convert("RGB").resize((8 * w, 8 * h), Image.Resampling.LANCZOS)
+        pixels = (np.asarray(image, dtype=np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]
+        moments = self.model("vae_encoder").predict({"x": pixels})["latent"]
+        mean, logvar = np.split(moments, 2, axis=1)
+        std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
+        sample = mean + std * torch.randn(mean.shape, generator=generator).numpy()
+        latents = torch.from_numpy(sample * self.manifest.source.latent_scaling_factor)
+        keep = min(int(settings.steps * settings.strength), settings.steps)
+        timesteps = scheduler.timesteps[settings.steps - keep:]
+        if len(timesteps) == 0:
+            raise SdbuildError(f"strength={settings.strength} leaves no denoising steps", "raise --strength or --steps")
+        return scheduler.add_noise(latents, noise, timesteps[:1]), timesteps
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        z = (latents / self.manifest.source.latent_scaling_factor).astype(np.float32)
+        image = self.model("vae_decoder").predict({"z": z})["image"][0]
+        return (np.clip((image.transpose(1, 2, 0) + 1.0) / 2.0, 0.0, 1.0) * 255).round().astype(np.uint8)
+
+    def _safety_filter(self, image: np.ndarray) -> np.ndarray:
+        if not self.has("safety_checker"):
+            return image
+        from PIL import Image
+
+        resized = np.asarray(Image.fromarray(image).resize((224, 224), Image.Resampling.BICUBIC), dtype=np.float32) / 255
+        clip_input = ((resized - CLIP_MEAN) / CLIP_STD).transpose(2, 0, 1)[None]
+        result = self.model("safety_checker").predict({
+            "clip_input": clip_input,
+            "images": (image.astype(np.float32) / 255)[None],
+            "adjustment": np.zeros((1,), dtype=np.float32),
+        })
+        if result["has_nsfw_concepts"].any():
+            self._progress("the safety checker flagged this image; it was replaced")
+        return (np.clip(result["filtered_images"][0], 0, 1) * 255).round().astype(np.uint8)
+
+
+def make_scheduler(name: str, config: dict):
+    if name not in SCHEDULERS:
+        raise SdbuildError(f"unknown scheduler '{name}'", f"choose one of: {', '.join(SCHEDULERS)}")
+    import diffusers
+
+    return getattr(diffusers, SCHEDULERS[name]).from_config(config)
+
+
+def _unet_layout(hidden: np.ndarray) -> np.ndarray:
+    """(1, S, D) text hidden states -> the UNet's (1, D, 1, S) Neural Engine layout."""
+    return hidden.transpose(0, 2, 1)[:, :, None, :].astype(np.float32)
+
+
+def settings_record(settings: GenerationSettings, manifest: Manifest, backend: str) -> dict:
+    return {**asdict(settings), "backend": backend, "build_id": manifest.build_id,
+            "recipe": manifest.recipe.name, "model_id": manifest.source.model_id}

@@ -86,6 +86,7 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
             "built_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "host": platform.node(),
             "platform": platform.platform(),
+            "placement": spec.placement,
             "seconds": round(time.perf_counter() - started, 3),
             "stage_seconds": timer.timings,
         })
@@ -114,7 +115,7 @@ def _manifest(spec: BuildSpec, components: dict[str, ComponentInfo], tokenizer: 
     source = spec.source
     return Manifest(
         build_id=spec.build_id,
-        recipe=RecipeInfo(name=spec.recipe, config=spec.config),
+        recipe=RecipeInfo(name=spec.recipe, config=spec.build_config),
         source=SourceInfo(
             kind=source.kind,
             model_id=source.model_id,

@@ -52,11 +52,19 @@ class BuildSpec:
         return self.source.arch
 
     @property
+    def build_config(self) -> dict:
+        """The resolved recipe without placement keys: what the manifest records."""
+        return {k: v for k, v in self.config.items() if k not in PLACEMENT_KEYS}
+
+    @property
+    def placement(self) -> dict:
+        return {k: v for k, v in self.config.items() if k in PLACEMENT_KEYS}
+
+    @property
     def build_id(self) -> str:
         """Derived from what determines the build: recipe, source identity, tool versions."""
-        build_relevant = {k: v for k, v in self.config.items() if k not in PLACEMENT_KEYS}
         identity = {
-            "recipe": build_relevant,
+            "recipe": self.build_config,
             "source": self.source.identity(),
             "tools": tool_versions(),
         }

@@ -33,6 +33,15 @@ def test_run_writes_png_and_settings(tiny_build, tmp_path, capsys):
     assert "step 3/3" in capsys.readouterr().err
 
 
+def test_prompt_tokenizes_with_the_builds_vocabulary(pipeline):
+    ids = pipeline.token_ids("a photo of an astronaut riding a horse")[0].astype(int).tolist()
+    assert ids[0] == 49406, "starts with <|startoftext|>"
+    words = ids[1:ids.index(49407)]
+    assert len(words) == 8 and len(set(words)) == 7, words  # one token per word; "a" twice
+    assert all(i < 49406 for i in words)
+    assert ids[-1] == 49407 and len(ids) == 77
+
+
 def test_same_seed_same_image_other_seed_other_image(pipeline):
     settings = GenerationSettings(prompt="a red house", steps=2, scheduler="EulerDiscrete")
     first, again = pipeline.generate(settings), pipeline.generate(settings)

@@ -63,9 +63,12 @@ class Pipeline:
         self._models: dict[str, Predictor] = {}
         from transformers import CLIPTokenizer
 
-        self.tokenizer = CLIPTokenizer(
-            vocab_file=str(build_dir / "vocab.json"), merges_file=str(build_dir / "merges.txt")
-        )
+        # from_pretrained reads vocab.json + merges.txt from a folder (the constructor's
+        # vocab_file/merges_file arguments are ignored by transformers 5). SDXL's second text
+        # encoder has its own folder only when its tokenizer differs.
+        self.tokenizer = CLIPTokenizer.from_pretrained(str(build_dir))
+        second = build_dir / "tokenizer_2"
+        self.tokenizer_2 = CLIPTokenizer.from_pretrained(str(second)) if second.is_dir() else self.tokenizer
 
     def has(self, component: str) -> bool:
         return component in self.manifest.components
@@ -90,18 +93,20 @@ class Pipeline:
 
     # --- conditioning ---------------------------------------------------------------------
 
-    def _token_ids(self, text: str) -> np.ndarray:
-        ids = self.tokenizer(text, padding="max_length", max_length=77, truncation=True).input_ids
+    def token_ids(self, text: str, tokenizer=None) -> np.ndarray:
+        """(1, 77) float32 ids, padded and truncated as the text encoders were traced."""
+        tokenizer = tokenizer or self.tokenizer
+        ids = tokenizer(text, padding="max_length", max_length=77, truncation=True).input_ids
         return np.asarray(ids, dtype=np.float32)[None, :]
 
     def encode_text(self, text: str) -> tuple[np.ndarray, np.ndarray | None]:
         """(hidden states (1, D, 1, 77) for the UNet, pooled embedding for SDXL or None)."""
-        ids = self._token_ids(text)
+        ids = self.token_ids(text)
         if self.manifest.source.family != "sdxl":
             hidden = self.model("text_encoder").predict({"input_ids": ids})["last_hidden_state"]
             return _unet_layout(hidden), None
         first = self.model("text_encoder").predict({"input_ids": ids})
-        second = self.model("text_encoder_2").predict({"input_ids": ids})
+        second = self.model("text_encoder_2").predict({"input_ids": self.token_ids(text, self.tokenizer_2)})
         hidden = np.concatenate([first["hidden_embeds"], second["hidden_embeds"]], axis=-1)
         return _unet_layout(hidden), second["pooled_outputs"]
 

@@ -1,0 +1,32 @@
+"""Run `sdbuild` in this process with coremltools' clock reading FAKE_DATE.
+
+    python tests/fake_clock_build.py FAKE_DATE [overrides...]
+
+coremltools stamps `date.today()` into every model it converts; this shows that the clock
+cannot reach sdbuild's output.
+"""
+
+import datetime
+import sys
+
+
+def main() -> int:
+    fake = datetime.date.fromisoformat(sys.argv[1])
+    from sdbuild.quiet import quiet_coremltools
+
+    quiet_coremltools()
+    import coremltools.converters._converters_entry as entry
+
+    class FakeDate(datetime.date):
+        @classmethod
+        def today(cls):
+            return fake
+
+    entry.date = FakeDate
+    from sdbuild.cli import main as sdbuild_main
+
+    return sdbuild_main(sys.argv[2:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Incremental builds: each stage is reused when nothing it depends on changed."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sdbuild import builder
+from sdbuild.cache import BuildCache
+from sdbuild.cli import main
+from sdbuild.manifest import read_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def no_conversion(monkeypatch):
+    """Any attempt to load weights or convert fails the build."""
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a stage that should have come from the cache ran")
+
+    monkeypatch.setattr(builder, "load_component", forbidden)
+    monkeypatch.setattr(builder, "convert_module", forbidden)
+
+
+def only_build(out: Path) -> Path:
+    (build,) = [p for p in out.glob("*/*") if not p.name.startswith(".")]
+    return build
+
+
+def test_unchanged_rebuild_converts_nothing(tiny_build, shared_cache_dir, tmp_path, no_conversion, capsys):
+    assert main([f"output.dir={tmp_path}", f"cache.dir={shared_cache_dir}"]) == 0
+    rebuilt = only_build(tmp_path)
+    assert (rebuilt / "manifest.json").read_bytes() == (tiny_build / "manifest.json").read_bytes()
+    assert "convert   cached" in capsys.readouterr().err
+
+
+def test_compute_unit_hint_rebuilds_nothing(tiny_build, shared_cache_dir, tmp_path, no_conversion):
+    assert main([f"output.dir={tmp_path}", f"cache.dir={shared_cache_dir}", "target.compute_units=CPU_AND_NE"]) == 0
+    rebuilt = read_manifest(only_build(tmp_path))
+    original = read_manifest(tiny_build)
+    assert rebuilt.compute_units == "CPU_AND_NE" and rebuilt.build_id != original.build_id
+    for name, info in rebuilt.components.items():
+        assert info.sha256 == original.components[name].sha256
+
+
+def test_quantization_change_reuses_the_float16_conversion(tiny_build, shared_cache_dir, tmp_path, no_conversion):
+    assert main([f"output.dir={tmp_path}", f"cache.dir={shared_cache_dir}", "quantization=linear8",
+                 "components=[text_encoder,unet]"]) == 0
+    manifest = read_manifest(only_build(tmp_path))
+    original = read_manifest(tiny_build)
+    for name in ("text_encoder", "unet"):
+        info = manifest.components[name]
+        assert info.compression.mode == "linear8"
+        assert info.compression.weight_bytes_after < info.compression.weight_bytes_before
+        assert info.sha256 != original.components[name].sha256
+
+
+def test_corrupt_cache_entry_is_detected_and_rebuilt(tiny_build, shared_cache_dir, tmp_path):
+    cache_copy = tmp_path / "cache"
+    shutil.copytree(shared_cache_dir, cache_copy)
+    cache = BuildCache(cache_copy)
+    convert_entries = [e for e in cache.entries() if e.stage == "convert" and e.meta.get("component") == "vae_encoder"]
+    assert convert_entries, "the tiny build cached its conversions"
+    for entry in convert_entries:
+        weights = next(entry.path.rglob("weight.bin"))
+        weights.chmod(0o644)
+        data = bytearray(weights.read_bytes())
+        data[-1] ^= 0xFF
+        weights.write_bytes(bytes(data))
+    with pytest.warns(Warning, match="corrupt|mismatch|damaged"):
+        assert main([f"output.dir={tmp_path / 'out'}", f"cache.dir={cache_copy}"]) == 0
+    rebuilt = only_build(tmp_path / "out")
+    assert (rebuilt / "manifest.json").read_bytes() == (tiny_build / "manifest.json").read_bytes()
+
+
+def test_concurrent_builders_share_a_cache_safely(tmp_path):
+    cache_dir = tmp_path / "cache"
+    command = [sys.executable, "-m", "sdbuild", f"cache.dir={cache_dir}", "components=[text_encoder,vae_decoder]"]
+    env = {**os.environ, "TQDM_DISABLE": "1"}
+    runs = [
+        subprocess.Popen([*command, f"output.dir={tmp_path / f'out{i}'}"], cwd=ROOT, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i in range(2)
+    ]
+    results = [(run.wait(timeout=900), run.stderr.read()) for run in runs]
+    for code, err in results:
+        assert code == 0, err[-2000:]
+    first, second = only_build(tmp_path / "out0"), only_build(tmp_path / "out1")
+    assert (first / "manifest.json").read_bytes() == (second / "manifest.json").read_bytes()
+    conversions = sum(err.count("convert   done") for _, err in results)
+    assert conversions == 2, "each component converted once, by one of the two builders"
+    cache = BuildCache(cache_dir)
+    for entry in cache.entries():
+        assert cache.get(entry.key) is not None, f"entry {entry.key} is corrupt"
+    assert json.loads((first / "manifest.json").read_text())["build_id"] == first.name

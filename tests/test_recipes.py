@@ -129,3 +129,20 @@ def test_python_dash_m_is_the_same_builder():
 
 def test_sdbuild_error_renders_hint():
     assert str(SdbuildError("broken", "fix it")) == "broken (fix it)"
+
+
+def test_multirun_builds_each_variant_into_its_own_folder(tmp_path, shared_cache_dir):
+    result = subprocess.run(
+        [sys.executable, "-m", "sdbuild", "-m", "recipe=tiny", "attention=original,split_einsum",
+         "components=[unet]", f"output.dir={tmp_path}", f"cache.dir={shared_cache_dir}"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    builds = sorted(p for p in (tmp_path / "tiny").iterdir() if not p.name.startswith("."))
+    assert len(builds) == 2
+    from sdbuild.manifest import read_manifest
+
+    attentions = sorted(read_manifest(b).attention for b in builds)
+    assert attentions == ["ORIGINAL", "SPLIT_EINSUM"]
+    unets = {read_manifest(b).components["unet"].sha256 for b in builds}
+    assert len(unets) == 2, "the attention implementation changes the UNet's graph"

@@ -1,0 +1,65 @@
+"""Cold build, warm rebuild and a 4-preset quantization sweep through the stage cache.
+
+    flock /tmp/sdbuild-bigrun.lock .venv/bin/python bench/build_cache.py [--recipe sd2-base]
+
+Each build runs as its own `python -m sdbuild` process under /usr/bin/time, so wall time and
+peak memory are per build. Uses a fresh cache folder; prints a table and the conversion and
+compression counts of the sweep (the target: one conversion per component plus one compression
+per preset and component).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sdbuild.progress import format_table  # noqa: E402
+
+PRESETS = ("kmeans4", "kmeans6", "kmeans8", "linear8")
+
+
+def timed_build(overrides: list[str]) -> tuple[float, float, str]:
+    """(wall seconds, peak RSS GB, stderr) of one sdbuild process."""
+    command = ["/usr/bin/time", "-f", "TIME %e %M", sys.executable, "-m", "sdbuild", *overrides]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"build failed: {' '.join(overrides)}\n{result.stderr[-3000:]}")
+    wall, peak_kb = re.findall(r"^TIME ([\d.]+) (\d+)$", result.stderr, re.M)[-1]
+    return float(wall), int(peak_kb) / 1e6, result.stderr
+
+
+def count(stderr: str, stage: str) -> int:
+    return len(re.findall(rf"\] \S+\s+{stage}\s+done in", stderr))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--recipe", default="sd2-base")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="sdbuild-bench-") as tmp:
+        base = [f"recipe={args.recipe}", "model.source=synthetic", f"cache.dir={tmp}/cache"]
+        rows = []
+        cold = timed_build([*base, f"output.dir={tmp}/cold"])
+        rows.append(["cold build", f"{cold[0]:.1f}", f"{cold[1]:.2f}", count(cold[2], "convert"), count(cold[2], "compress")])
+        warm = timed_build([*base, f"output.dir={tmp}/warm"])
+        rows.append(["warm rebuild", f"{warm[0]:.1f}", f"{warm[1]:.2f}", count(warm[2], "convert"), count(warm[2], "compress")])
+        # The sweep starts from an empty cache of its own, as a fresh machine would.
+        sweep = timed_build(["-m", f"recipe={args.recipe}", "model.source=synthetic", f"cache.dir={tmp}/sweep-cache",
+                             f"output.dir={tmp}/sweep", f"quantization={','.join(PRESETS)}"])
+        rows.append([f"sweep {len(PRESETS)} presets", f"{sweep[0]:.1f}", f"{sweep[1]:.2f}",
+                     count(sweep[2], "convert"), count(sweep[2], "compress")])
+        print(format_table(["run", "seconds", "peak GB", "conversions", "compressions"], rows))
+        print(f"\nwarm / cold = {100 * warm[0] / cold[0]:.1f}%")
+        print(f"sweep vs {len(PRESETS)} cold builds ({len(PRESETS)} x {cold[0]:.0f} s = {len(PRESETS) * cold[0]:.0f} s): "
+              f"{sweep[0]:.0f} s")
+
+
+if __name__ == "__main__":
+    main()

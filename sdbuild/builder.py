@@ -35,12 +35,7 @@ from sdbuild.sample_inputs import sample_inputs
 from sdbuild.sources import write_tokenizer_files
 from sdbuild.spec import BuildSpec
 from sdbuild.stages import verify as verify_stage
-from sdbuild.stages.chunk import chunk as chunk_package
-from sdbuild.stages.compress import compress
-from sdbuild.stages.convert import convert_module
-from sdbuild.stages.load import load_component
 from sdbuild.stages.store import publish, staging_folder, write_build_info
-from sdbuild.stages.trace import reference_outputs, trace_module
 from sdbuild.versions import tool_versions
 
 PACKAGE = "model.mlpackage"
@@ -209,6 +204,12 @@ def _cached(cache: BuildCache, key: str, timer: StageTimer, index: int, componen
 
 def _convert(tmp: Path, spec: BuildSpec, job: ComponentJob, timer: StageTimer, index: int) -> dict:
     """Load only this component's weights, trace, convert; keep the float32 reference outputs."""
+    # torch, diffusers and coremltools are imported only when a stage really runs, so a fully
+    # cached rebuild costs seconds.
+    from sdbuild.stages.convert import convert_module
+    from sdbuild.stages.load import load_component
+    from sdbuild.stages.trace import reference_outputs, trace_module
+
     with timer.stage(index, job.component, "load", job.submodel):
         module = load_component(spec.source, job)
     with timer.stage(index, job.component, "trace"):
@@ -227,6 +228,7 @@ def _convert(tmp: Path, spec: BuildSpec, job: ComponentJob, timer: StageTimer, i
 
 def _compress(tmp: Path, package: Path, spec: BuildSpec, job: ComponentJob) -> dict:
     from sdbuild.quiet import quiet_coremltools
+    from sdbuild.stages.compress import compress
 
     ct = quiet_coremltools()
     model = ct.models.MLModel(str(package), skip_model_load=True)
@@ -238,6 +240,8 @@ def _compress(tmp: Path, package: Path, spec: BuildSpec, job: ComponentJob) -> d
 
 
 def _chunk(tmp: Path, package: Path, spec: BuildSpec, job: ComponentJob) -> dict:
+    from sdbuild.stages.chunk import chunk as chunk_package
+
     infos = chunk_package(package, spec.chunking, tmp, spec.source.model_id, job.component)
     chunks = []
     for info in infos:

@@ -107,7 +107,6 @@ def validate(cfg: DictConfig) -> BuildSpec:
     _check_min_psnr(build.min_psnr)
     target = build.target.minimum_deployment_target.value
     check_compression(build.quantization, target, list(components))
-    _check_model_reference(build)
 
     source = resolve_source(build.model)
     arch = source.arch
@@ -187,11 +186,3 @@ def _check_min_psnr(min_psnr: dict[str, float]) -> None:
             f"min_psnr names unknown component {', '.join(unknown)}",
             f"keys: default, {', '.join(ALL_COMPONENTS)}",
         )
-
-
-def _check_model_reference(build: BuildConfig) -> None:
-    model = build.model
-    if model.source == SourceKind.hub and not model.id:
-        raise SdbuildError("model.source=hub needs model.id", "e.g. model.id=stabilityai/stable-diffusion-2-1-base")
-    if model.source == SourceKind.local and not model.path:
-        raise SdbuildError("model.source=local needs model.path", "point model.path at a diffusers folder")

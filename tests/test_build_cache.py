@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from sdbuild import builder
 from sdbuild.cache import BuildCache
 from sdbuild.cli import main
 from sdbuild.manifest import read_manifest
@@ -26,8 +25,10 @@ def no_conversion(monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a stage that should have come from the cache ran")
 
-    monkeypatch.setattr(builder, "load_component", forbidden)
-    monkeypatch.setattr(builder, "convert_module", forbidden)
+    from sdbuild.stages import convert, load
+
+    monkeypatch.setattr(load, "load_component", forbidden)
+    monkeypatch.setattr(convert, "convert_module", forbidden)
 
 
 def only_build(out: Path) -> Path:

@@ -137,8 +137,10 @@ def test_failed_build_leaves_no_folder(tmp_path, monkeypatch):
             raise RuntimeError("simulated crash in the second component")
         return real_convert(*args, **kwargs)
 
-    real_convert = builder.convert_module
-    monkeypatch.setattr(builder, "convert_module", failing_convert)
+    from sdbuild.stages import convert
+
+    real_convert = convert.convert_module
+    monkeypatch.setattr(convert, "convert_module", failing_convert)
     out = tmp_path / "outputs"
     assert main([f"output.dir={out}", "cache.enabled=false"]) == 1
     assert len(calls) == 2

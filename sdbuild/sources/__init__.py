@@ -6,12 +6,25 @@ tokenizer an app needs; ``write_synthetic_snapshot`` puts a synthetic model on d
 Hugging Face diffusers layout.
 """
 
-from sdbuild.sources.load import load_submodel
+import importlib
+
 from sdbuild.sources.resolve import resolve_source
 from sdbuild.sources.resolved import ResolvedSource
 from sdbuild.sources.synthetic import SYNTHETIC_SCHEME_VERSION
-from sdbuild.sources.synthetic_snapshot import write_synthetic_snapshot
 from sdbuild.sources.tokenizer import write_tokenizer_files
+
+# These need torch and diffusers; importing them only when called keeps a cached rebuild (which
+# loads no weights) and the CLI's fast failures free of those imports.
+_LAZY = {
+    "load_submodel": "sdbuild.sources.load",
+    "write_synthetic_snapshot": "sdbuild.sources.synthetic_snapshot",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'sdbuild.sources' has no attribute '{name}'")
 
 __all__ = [
     "ResolvedSource",

@@ -9,7 +9,7 @@ from sdbuild.errors import SdbuildError
 from sdbuild.sources.models import is_transformers_class, model_class, quiet_loading
 from sdbuild.sources.resolved import CONTROLNET_FOLDER, ResolvedSource
 from sdbuild.sources.snapshot import weight_files
-from sdbuild.sources.synthetic import build_synthetic_submodel
+from sdbuild.sources.synthetic_weights import build_synthetic_submodel
 
 
 def load_submodel(source: ResolvedSource, folder: str) -> torch.nn.Module:

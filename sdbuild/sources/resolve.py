@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from sdbuild.errors import SdbuildError
-from sdbuild.sources.hub import resolve_hub
 from sdbuild.sources.local import resolve_local
 from sdbuild.sources.resolved import ResolvedSource
 from sdbuild.sources.synthetic import resolve_synthetic
@@ -18,6 +17,8 @@ def resolve_source(model_cfg) -> ResolvedSource:
     if kind == "hub":
         if not model_cfg.id:
             raise SdbuildError("model.source=hub needs model.id", "set model.id=<org>/<name>")
+        from sdbuild.sources.hub import resolve_hub  # imports huggingface_hub: only for Hub ids
+
         return resolve_hub(model_cfg.id, model_cfg.revision, model_cfg.allow_pickle)
     if kind == "local":
         if not model_cfg.path:

@@ -11,7 +11,8 @@ from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImage
 from sdbuild.sources.models import is_transformers_class, model_class, quiet_loading
 from sdbuild.sources.resolved import CONTROLNET_FOLDER, SCHEDULER_FOLDER, TOKENIZER_OF
 from sdbuild.sources.snapshot import MODEL_INDEX, SCHEDULER_CONFIG
-from sdbuild.sources.synthetic import build_synthetic_submodel, resolve_synthetic, synthetic_folders
+from sdbuild.sources.synthetic import resolve_synthetic, synthetic_folders
+from sdbuild.sources.synthetic_weights import build_synthetic_submodel
 from sdbuild.sources.tokenizer import write_tokenizer_folder
 
 _CLIP_IMAGE_SIZE = 224  # the safety checker's feature extractor input

@@ -146,39 +146,65 @@ def _stage_parts(spec: BuildSpec, job: ComponentJob) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class _ComponentRun:
+    """Runs one component's stages through the cache, reporting each as it goes."""
+
+    cache: BuildCache
+    timer: StageTimer
+    index: int
+    component: str
+
+    def stage(self, stage: str, detail: str = ""):
+        return self.timer.stage(self.index, self.component, stage, detail)
+
+    def cached(self, stage: str, key: str, work, *, reports_itself: bool = False) -> Path:
+        """The cache entry ``key``, made by ``work(tmp)`` on a miss."""
+
+        def create(tmp: Path) -> dict:
+            if reports_itself:
+                return work(tmp)
+            with self.stage(stage):
+                return work(tmp)
+
+        entry, hit = self.cache.get_or_create(key, create)
+        if hit:
+            self.timer.note(f"[{self.index}/{self.timer.total}] {self.component:<15} {stage:<9} cached")
+        return entry
+
+
 def _build_component(index, job: ComponentJob, spec: BuildSpec, cache: BuildCache, timer: StageTimer, staging: Path) -> ComponentInfo:
     name = job.component
+    run = _ComponentRun(cache, timer, index, name)
     convert_key = cache.key("convert", _stage_parts(spec, job))
-    converted = _cached(cache, convert_key, timer, index, name, "convert", lambda tmp: _convert(tmp, spec, job, timer, index))
+    converted = run.cached("convert", convert_key, lambda tmp: _convert(tmp, spec, job, run), reports_itself=True)
     package = converted / PACKAGE
     compression = _uncompressed_report(package)
     final_key = convert_key
     if job.compress:
-        final_key = cache.key("compress", {"after": convert_key, "quantization": _quantization_slice(spec)})
-        compressed = _cached(cache, final_key, timer, index, name, "compress",
-                             lambda tmp: _compress(tmp, package, spec, job))
+        final_key = cache.key("compress", {"after": convert_key, "quantization": asdict(spec.quantization)})
+        compressed = run.cached("compress", final_key, lambda tmp: _compress(tmp, package, spec, job))
         package = compressed / PACKAGE
         compression = json.loads((compressed / REPORT).read_text())
 
     chunks: list[dict] = []
+    chunk_dir = None
     if job.chunk:
         chunk_key = cache.key("chunk", {"after": final_key, "chunking": asdict(spec.chunking)})
-        chunked = _cached(cache, chunk_key, timer, index, name, "chunk",
-                          lambda tmp: _chunk(tmp, package, spec, job))
-        chunks = json.loads((chunked / REPORT).read_text())["chunks"]
-        chunk_dir = chunked
+        chunk_dir = run.cached("chunk", chunk_key, lambda tmp: _chunk(tmp, package, spec, job))
+        chunks = json.loads((chunk_dir / REPORT).read_text())["chunks"]
 
     verification = {"verified": False, "reason": "verify=false in the recipe"}
     if spec.verify:
         verify_key = cache.key("verify", {"package": package_digest(package), "reference": convert_key,
                                           "chunks": [c["sha256"] for c in chunks]})
-        verified = _cached(cache, verify_key, timer, index, name, "verify",
-                           lambda tmp: _verify(tmp, package, converted / REFERENCE, chunk_dir if chunks else None, chunks))
+        verified = run.cached("verify", verify_key,
+                              lambda tmp: _verify(tmp, package, converted / REFERENCE, chunk_dir, chunks))
         verification = json.loads((verified / REPORT).read_text())
         verify_stage.gate(name, verification, job.min_psnr)
         verification = {"verified": True, "threshold_db": job.min_psnr, **verification}
 
-    with timer.stage(index, name, "store"):
+    with run.stage("store"):
         cache.materialize(package, staging / job.file_name)
         for chunk_info in chunks:
             cache.materialize(chunk_dir / chunk_info["file"], staging / chunk_info["file"])
@@ -195,14 +221,7 @@ def _build_component(index, job: ComponentJob, spec: BuildSpec, cache: BuildCach
     )
 
 
-def _cached(cache: BuildCache, key: str, timer: StageTimer, index: int, component: str, stage: str, create) -> Path:
-    entry, hit = cache.get_or_create(key, create)
-    if hit:
-        timer.note(f"[{index}/{timer.total}] {component:<15} {stage:<9} cached")
-    return entry
-
-
-def _convert(tmp: Path, spec: BuildSpec, job: ComponentJob, timer: StageTimer, index: int) -> dict:
+def _convert(tmp: Path, spec: BuildSpec, job: ComponentJob, run: _ComponentRun) -> dict:
     """Load only this component's weights, trace, convert; keep the float32 reference outputs."""
     # torch, diffusers and coremltools are imported only when a stage really runs, so a fully
     # cached rebuild costs seconds.
@@ -210,14 +229,14 @@ def _convert(tmp: Path, spec: BuildSpec, job: ComponentJob, timer: StageTimer, i
     from sdbuild.stages.load import load_component
     from sdbuild.stages.trace import reference_outputs, trace_module
 
-    with timer.stage(index, job.component, "load", job.submodel):
+    with run.stage("load", f"{job.submodel} weights only"):
         module = load_component(spec.source, job)
-    with timer.stage(index, job.component, "trace"):
+    with run.stage("trace"):
         traced = trace_module(module, job.interface, sample_inputs(job.interface, seed=0))
         verify_inputs = sample_inputs(job.interface, seed=VERIFICATION_SEED)
         expected = reference_outputs(module, job.interface, verify_inputs)
         del module
-    with timer.stage(index, job.component, "convert", f"{job.precision}, {spec.deployment_target}"):
+    with run.stage("convert", f"{job.precision}, {spec.deployment_target}"):
         model = convert_module(traced, job.interface, precision=job.precision, target=spec.deployment_target)
         del traced
         save_package(model, tmp / PACKAGE, metadata=_metadata(spec, job))
@@ -270,10 +289,6 @@ def _uncompressed_report(package: Path) -> dict:
     size = weights.stat().st_size if weights.exists() else 0
     return {"mode": "none", "nbits": [], "avg_bits_per_weight": 16.0,
             "weight_bytes_before": size, "weight_bytes_after": size}
-
-
-def _quantization_slice(spec: BuildSpec) -> dict:
-    return asdict(spec.quantization)
 
 
 def _metadata(spec: BuildSpec, job: ComponentJob) -> dict[str, str]:

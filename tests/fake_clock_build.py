@@ -10,8 +10,8 @@ import datetime
 import sys
 
 
-def main() -> int:
-    fake = datetime.date.fromisoformat(sys.argv[1])
+def fake_coremltools_date(fake: datetime.date) -> None:
+    """coremltools stamps `date.today()` into every model; make that clock read ``fake``."""
     from sdbuild.quiet import quiet_coremltools
 
     quiet_coremltools()
@@ -23,6 +23,10 @@ def main() -> int:
             return fake
 
     entry.date = FakeDate
+
+
+def main() -> int:
+    fake_coremltools_date(datetime.date.fromisoformat(sys.argv[1]))
     from sdbuild.cli import main as sdbuild_main
 
     return sdbuild_main(sys.argv[2:])

@@ -12,6 +12,9 @@ import sys
 import warnings
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared clock faker
+from fake_clock_build import fake_coremltools_date  # noqa: E402
+
 USER_METADATA = {"sdbuild.recipe": "tiny-test", "com.github.apple.ml-stable-diffusion.version": "sdbuild-test"}
 INPUT_SHAPE = (1, 4, 8, 8)
 
@@ -54,25 +57,10 @@ def build_tiny_model():
     )
 
 
-def _fake_today(fake: datetime.date) -> None:
-    """coremltools stamps `date.today()` into the model; make that clock read ``fake``."""
-    from sdbuild.quiet import quiet_coremltools
-
-    quiet_coremltools()
-    import coremltools.converters._converters_entry as entry
-
-    class FakeDate(datetime.date):
-        @classmethod
-        def today(cls):
-            return fake
-
-    entry.date = FakeDate
-
-
 def main(out_dir: Path, fake_date: str) -> None:
     from sdbuild.package_io import save_package
 
-    _fake_today(datetime.date.fromisoformat(fake_date))
+    fake_coremltools_date(datetime.date.fromisoformat(fake_date))
     model = build_tiny_model()
     model.save(str(out_dir / "raw.mlpackage"))
     save_package(model, out_dir / "model.mlpackage", metadata=USER_METADATA)

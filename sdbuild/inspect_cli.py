@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 from pathlib import Path
 
 from sdbuild.errors import SdbuildError
@@ -24,29 +25,37 @@ def verify_main(argv: list[str]) -> int:
     return 0
 
 
+def _interface_summary(component) -> str:
+    interface = component.interface
+    digest = hashlib.sha256(interface.model_dump_json().encode()).hexdigest()[:8]
+    return f"{len(interface.inputs)} in, {len(interface.outputs)} out #{digest}"
+
+
+def _min_psnr(component) -> str:
+    values = [o.psnr_db for o in component.verification.outputs]
+    return f"{min(values):.1f}" if values else "not verified"
+
+
+COMPONENT_FIELDS = (
+    ("sha256", lambda c: c.sha256[:12]),
+    ("MB", lambda c: f"{c.bytes / 1e6:.2f}"),
+    ("compression", lambda c: f"{c.compression.mode} {c.compression.avg_bits_per_weight:.2f}b"),
+    ("chunks", lambda c: str(len(c.chunks))),
+    ("min PSNR dB", _min_psnr),
+    ("interface", _interface_summary),
+)
+BUILD_FIELDS = ("build_id", "attention", "deployment_target", "compute_units", "latent_size", "batch_size")
+
+
 def diff_rows(a: Manifest, b: Manifest) -> list[list[str]]:
-    rows = []
-    for field in ("build_id", "attention", "deployment_target", "compute_units", "latent_size", "batch_size"):
-        va, vb = getattr(a, field), getattr(b, field)
-        rows.append([field, "", str(va), str(vb), "" if va == vb else "differs"])
-    rows.append(["source", "", a.source.model_id, b.source.model_id, "" if a.source == b.source else "differs"])
+    """Rows of (component, field, value in a, value in b, "differs" or "")."""
+    rows = [[field, "", str(getattr(a, field)), str(getattr(b, field))] for field in BUILD_FIELDS]
+    rows.append(["source", "", a.source.model_id, b.source.model_id])
     for name in sorted(set(a.components) | set(b.components)):
         ca, cb = a.components.get(name), b.components.get(name)
-        for label, get in (
-            ("sha256", lambda c: c.sha256[:12]),
-            ("MB", lambda c: f"{c.bytes / 1e6:.2f}"),
-            ("compression", lambda c: f"{c.compression.mode} {c.compression.avg_bits_per_weight:.2f}b"),
-            ("chunks", lambda c: str(len(c.chunks))),
-            ("min PSNR dB", lambda c: f"{min((o.psnr_db for o in c.verification.outputs), default=float('nan')):.1f}"),
-            ("interface", lambda c: c.interface.model_dump_json()),
-        ):
-            va = get(ca) if ca else "absent"
-            vb = get(cb) if cb else "absent"
-            shown = ("(same)", "(same)") if label == "interface" and va == vb else (va, vb)
-            if label == "interface" and va != vb:
-                shown = ("(see manifest)", "(see manifest)")
-            rows.append([name, label, *shown, "" if va == vb else "differs"])
-    return rows
+        for label, show in COMPONENT_FIELDS:
+            rows.append([name, label, show(ca) if ca else "absent", show(cb) if cb else "absent"])
+    return [[*row, "" if row[2] == row[3] else "differs"] for row in rows]
 
 
 def diff_main(argv: list[str]) -> int:

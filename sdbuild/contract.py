@@ -93,10 +93,12 @@ class ArchInfo:
         text_encoders = [configs[k] for k in ("text_encoder", "text_encoder_2") if k in configs]
         if unet.get("addition_embed_type") == "text_time":
             family = "sdxl"
-        elif unet["cross_attention_dim"] == 768:
-            family = "sd1"
-        else:
+        elif unet.get("use_linear_projection"):
+            # SD 2.x projects in and out of its transformers with linear layers, SD 1.x with
+            # 1x1 convolutions; unlike the text width, this also holds for the tiny test configs.
             family = "sd2"
+        else:
+            family = "sd1"
         last_text = text_encoders[-1]
         pooled = last_text["projection_dim"] if family == "sdxl" else last_text["hidden_size"]
         return cls(
@@ -199,7 +201,8 @@ def component_interface(
              TensorSpec("images", (1, size[0], size[1], 3), f16),
              TensorSpec("adjustment", (1,), f16)),
             (TensorSpec("filtered_images", (1, size[0], size[1], 3), f32),
-             TensorSpec("has_nsfw_concepts", (1,), f32),
+             # The reference keeps the image-broadcast shape; apps read element [0].
+             TensorSpec("has_nsfw_concepts", (1, 1, 1, 1), f32),
              TensorSpec("concept_scores", (1, 17), f32)),
         )
     raise SdbuildError(f"unknown component '{component}'", f"choose from {', '.join(ALL_COMPONENTS)}")

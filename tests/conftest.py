@@ -5,6 +5,14 @@ import socket
 
 import pytest
 
+# pytest-xdist runs one worker per core: one compute thread each avoids oversubscription, which
+# slows tiny forward passes by orders of magnitude. Subprocess builds inherit the setting.
+if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("SDBUILD_TEST_THREADS") == "1":
+    os.environ["OMP_NUM_THREADS"] = "1"
+    import torch
+
+    torch.set_num_threads(1)
+
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"

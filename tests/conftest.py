@@ -7,7 +7,7 @@ import pytest
 
 # pytest-xdist runs one worker per core: one compute thread each avoids oversubscription, which
 # slows tiny forward passes by orders of magnitude. Subprocess builds inherit the setting.
-if os.environ.get("PYTEST_XDIST_WORKER") or os.environ.get("SDBUILD_TEST_THREADS") == "1":
+if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ["OMP_NUM_THREADS"] = "1"
     import torch
 

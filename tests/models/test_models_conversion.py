@@ -16,7 +16,7 @@ from sdbuild.models import build_component_module
 from sdbuild.quiet import quiet_coremltools
 from sdbuild.stages.convert import convert_module
 
-from tiny_models import OTHER_COMPONENTS, TINY_ARCHS, contract_inputs, submodels_for, tiny_source
+from tiny_models import supported_pairs, OTHER_COMPONENTS, TINY_ARCHS, contract_inputs, submodels_for, tiny_source
 
 TARGET = "macOS13"
 
@@ -45,8 +45,6 @@ def _spec_interface(model) -> dict:
 
 def _check_conversion(arch_name: str, component: str, attention: str, latent: int | None = None):
     arch = tiny_source(arch_name).arch
-    if not arch.supports(component):
-        pytest.skip(f"{arch_name} has no {component}")
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", "SPLIT_EINSUM_V2 is not advised")
         module = build_component_module(component, submodels_for(arch_name, component), arch, attention)
@@ -64,7 +62,6 @@ def test_unet_and_controlnet_convert_with_contract_interface(arch_name, componen
     _check_conversion(arch_name, component, attention, latent)
 
 
-@pytest.mark.parametrize("component", OTHER_COMPONENTS)
-@pytest.mark.parametrize("arch_name", TINY_ARCHS)
+@pytest.mark.parametrize("arch_name,component", supported_pairs(OTHER_COMPONENTS))
 def test_other_components_convert_with_contract_interface(arch_name, component):
     _check_conversion(arch_name, component, "ORIGINAL")

@@ -26,6 +26,12 @@ def tiny_source(arch: str):
     return resolve_synthetic(arch, seed=0)
 
 
+def supported_pairs(components) -> list[tuple[str, str]]:
+    """(tiny arch, component) for each component the architecture has."""
+    return [(arch, component) for arch in TINY_ARCHS for component in components
+            if tiny_source(arch).arch.supports(component)]
+
+
 @functools.cache
 def tiny_submodel(arch: str, folder: str) -> torch.nn.Module:
     with warnings.catch_warnings():

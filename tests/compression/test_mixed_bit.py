@@ -1,0 +1,125 @@
+"""Mixed-bit pre-analysis on the tiny UNet, recipes for target bit widths, and applying one."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from sdbuild import mixed_bit
+from sdbuild.config.compression import QuantizationConfig
+from sdbuild.errors import SdbuildError
+from sdbuild.mixed_bit import AnalysisSettings, analyse, choose_recipe, main, measure_recipe
+from sdbuild.stages.compress import read_recipe
+
+from .conftest import ARCH, program_summary
+
+# Small and fast: the tiny UNet's bigger layers, three bit widths, one 8x8 input.
+SETTINGS = AnalysisSettings(bit_widths=(2, 4, 8), num_inputs=1, latent_size=8, weight_threshold=8192)
+CLI_SETTINGS = ["--bit-widths", "2", "4", "8", "--num-inputs", "1", "--latent-size", "8", "--weight-threshold", "8192"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Two busy cores: torch's thread pool would mostly wait on itself."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_unet(tiny_source):
+    from sdbuild.sources import load_submodel
+
+    return load_submodel(tiny_source, "unet")
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    """The command line, once: recipes for 6 and 8 bits plus the analysis cache. (A quarter of the
+    tiny UNet's weights are in layers under the threshold and stay float16: 5.45 bits at least.)"""
+    root = tmp_path_factory.mktemp("mixed-bit")
+    argv = ["--architecture", ARCH, "--targets", "6", "8", "--out-dir", str(root / "recipes"),
+            "--name", "tiny", "--cache-dir", str(root / "cache"), *CLI_SETTINGS]
+    assert main(argv) == 0
+    return root
+
+
+@pytest.fixture(scope="module")
+def analysis(tiny_unet, tiny_source, cli_run):
+    return analyse(tiny_unet, SETTINGS, identity=tiny_source.digest, cache_dir=cli_run / "cache")
+
+
+def test_cli_writes_recipes_a_summary_and_a_cache(cli_run):
+    recipes = sorted(p.name for p in (cli_run / "recipes").glob("*.json"))
+    assert recipes == ["tiny_6.00.json", "tiny_8.00.json"]
+    summary = (cli_run / "recipes" / "tiny_summary.md").read_text()
+    assert "| 6.00 |" in summary and "| 8.00 |" in summary
+    assert len(list((cli_run / "cache").glob("mixed-bit-*.json"))) == 1
+    recipe = read_recipe(str(cli_run / "recipes" / "tiny_6.00.json"))
+    assert recipe and set(recipe.values()) <= {2, 4, 8, 16}
+
+
+def test_every_analysed_layer_is_more_accurate_with_more_bits(analysis):
+    assert len(analysis.layers) > 20
+    assert all(layer.elements > SETTINGS.weight_threshold for layer in analysis.layers)
+    for layer in analysis.layers:
+        assert layer.psnr_db[2] < layer.psnr_db[4] < layer.psnr_db[8], layer.name
+    assert analysis.float_elements > 0
+
+
+def test_the_cache_replaces_every_layer_measurement(tiny_unet, tiny_source, cli_run, monkeypatch):
+    calls = []
+    real = mixed_bit.run_unet
+    monkeypatch.setattr(mixed_bit, "run_unet", lambda unet, inputs: calls.append(1) or real(unet, inputs))
+    cached = analyse(tiny_unet, SETTINGS, identity=tiny_source.digest, cache_dir=cli_run / "cache")
+    assert len(calls) == 1, "only the float16 reference runs"
+    assert len(cached.layers) > 20
+    other = mixed_bit.analysis_key(tiny_source.digest, AnalysisSettings(**{**SETTINGS.__dict__, "palette_seed": 1}))
+    assert other != mixed_bit.analysis_key(tiny_source.digest, SETTINGS), "settings are part of the key"
+
+
+def test_recipes_fit_their_targets_and_more_bits_buy_accuracy(analysis, tiny_unet):
+    recipes = [choose_recipe(analysis, target) for target in (6.0, 7.0, 9.0)]
+    for recipe in recipes:
+        assert recipe.avg_bits <= recipe.target_bits
+        assert recipe.avg_bits == pytest.approx(mixed_bit.average_bits(analysis, recipe.layers), abs=1e-4)
+        # Every palettized layer keeps the common threshold; layers at 16 bits could not.
+        for layer in analysis.layers:
+            nbits = recipe.layers[layer.name]
+            if nbits != 16:
+                assert layer.psnr_db[nbits] >= recipe.min_layer_psnr_db
+    assert [r.avg_bits for r in recipes] == sorted(r.avg_bits for r in recipes)
+    assert [r.min_layer_psnr_db for r in recipes] == sorted(r.min_layer_psnr_db for r in recipes)
+    measured = [measure_recipe(tiny_unet, r, SETTINGS) for r in recipes]
+    assert measured == sorted(measured), f"whole-recipe PSNR by target: {measured}"
+
+
+def test_an_unreachable_target_fails(analysis):
+    with pytest.raises(SdbuildError, match=r"no recipe averages 5.0 bits: the fewest is 5\.\d\d"):
+        choose_recipe(analysis, 5.0)
+
+
+def test_bad_settings_fail():
+    with pytest.raises(SdbuildError, match="not palette sizes"):
+        analyse(torch.nn.Linear(2, 2), AnalysisSettings(bit_widths=(3,)))
+
+
+def test_a_generated_recipe_applies_to_the_converted_unet(cli_run, unet_ios16, compressed):
+    path = cli_run / "recipes" / "tiny_6.00.json"
+    recipe = json.loads(path.read_text())
+    package, report = compressed(unet_ios16, QuantizationConfig(mode="mixed_bit", mixed_bit_recipe=str(path)), "iOS16")
+    assert report.unmatched_recipe_layers == [], "no to_q layer is over this analysis' threshold"
+    weights = {w.name: w for w in program_summary(package)[0]}
+    applied = 0
+    for layer, nbits in recipe.items():
+        name = layer.replace(".", "_") + "_weight_to_fp16"
+        if nbits == 16:
+            assert not weights[name].compressed
+        else:
+            assert weights[name + "_palettized"].element_bits == nbits, layer
+            applied += 1
+    assert applied > len(recipe) / 2
+    assert set(report.nbits) == set(recipe.values()) - {16}

@@ -12,7 +12,6 @@ import warnings
 _NOISE = (
     r"Torch version .* has not been tested with coremltools",
     r"scikit-learn version .* is not supported",
-    r"Failed to load _MLModel",
     r"Failed to load _ML",
 )
 
@@ -30,6 +29,9 @@ def quiet_coremltools():
     """Import coremltools with its import-time noise silenced; returns the module."""
     for pattern in _NOISE:
         warnings.filterwarnings("ignore", message=pattern)
+    # A graph pass folds float32 constants to float16 and lets numpy warn about saturating ones
+    # (the safety checker's -inf masks); only warnings raised from coremltools' own code.
+    warnings.filterwarnings("ignore", message="overflow encountered in cast", module=r"coremltools\.")
     logging.getLogger("coremltools").setLevel(logging.ERROR)
     import coremltools as ct
 

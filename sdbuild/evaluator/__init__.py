@@ -11,8 +11,13 @@ from typing import Any
 
 import numpy as np
 
-from sdbuild.evaluator.program import ProgramEvaluator
-from sdbuild.evaluator.registry import UnsupportedOpError, supported_op_types
+from sdbuild.quiet import quiet_coremltools
+
+# The evaluator reads coremltools' protobufs at import; import coremltools quietly first.
+quiet_coremltools()
+
+from sdbuild.evaluator.program import ProgramEvaluator  # noqa: E402
+from sdbuild.evaluator.registry import UnsupportedOpError, supported_op_types  # noqa: E402
 
 
 def evaluate(package: str | Path | Any, inputs: dict[str, np.ndarray], *,

@@ -21,7 +21,8 @@ from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
 from sdbuild.errors import SdbuildError, describe_config_error
 from sdbuild.models import check_attention
 from sdbuild.sources import ResolvedSource, resolve_source
-from sdbuild.stages.compress import check_compression
+from sdbuild.stages.chunk import check_chunking
+from sdbuild.stages.compress import check_compression, quantization_identity
 from sdbuild.versions import tool_versions
 
 # Config keys that say where things go, not what is built: they do not change the build id.
@@ -62,9 +63,11 @@ class BuildSpec:
 
     @property
     def build_id(self) -> str:
-        """Derived from what determines the build: recipe, source identity, tool versions."""
+        """Derived from what determines the build: recipe (with a mixed-bit recipe file's content),
+        source identity, tool versions."""
         identity = {
             "recipe": self.build_config,
+            "quantization": quantization_identity(self.quantization),
             "source": self.source.identity(),
             "tools": tool_versions(),
         }
@@ -107,6 +110,8 @@ def validate(cfg: DictConfig) -> BuildSpec:
     _check_min_psnr(build.min_psnr)
     target = build.target.minimum_deployment_target.value
     check_compression(build.quantization, target, list(components))
+    if build.chunking.enabled:
+        check_chunking(build.chunking)
 
     source = resolve_source(build.model)
     arch = source.arch

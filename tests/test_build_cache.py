@@ -64,6 +64,22 @@ def test_quantization_change_reuses_the_float16_conversion(tiny_build, shared_ca
         assert info.sha256 != original.components[name].sha256
 
 
+def test_edited_mixed_bit_recipe_file_recompresses(tiny_build, shared_cache_dir, tmp_path, no_conversion):
+    """The compress key and the build id hold the recipe file's content, not just its path."""
+    recipe = tmp_path / "layers.json"
+    layers = json.loads((ROOT / "conf/quantization/mixed_bit_recipes/tiny-sd21-base_4.00.json").read_text())
+    recipe.write_text(json.dumps(layers))
+    overrides = [f"cache.dir={shared_cache_dir}", "components=[unet]", "quantization=mixed_bit",
+                 f"quantization.mixed_bit_recipe={recipe}", "verify=false"]
+    assert main([f"output.dir={tmp_path / 'first'}", *overrides]) == 0
+    recipe.write_text(json.dumps({layer: 2 for layer in layers}))
+    assert main([f"output.dir={tmp_path / 'edited'}", *overrides]) == 0
+    first, edited = (read_manifest(only_build(tmp_path / run)) for run in ("first", "edited"))
+    assert edited.build_id != first.build_id
+    assert edited.components["unet"].sha256 != first.components["unet"].sha256
+    assert edited.components["unet"].compression.weight_bytes_after < first.components["unet"].compression.weight_bytes_after
+
+
 def test_corrupt_cache_entry_is_detected_and_rebuilt(tiny_build, shared_cache_dir, tmp_path):
     cache_copy = tmp_path / "cache"
     shutil.copytree(shared_cache_dir, cache_copy)

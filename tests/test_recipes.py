@@ -96,6 +96,8 @@ def test_bad_overrides_fail_in_one_line_naming_key_and_choices(overrides, expect
         (["model.source=hub", "model.id=null"], "model.source=hub needs model.id"),
         (["model.source=local"], "model.source=local needs model.path"),
         (["model.architecture=sd3"], "unknown architecture 'sd3'"),
+        (["chunking=two_chunks", "chunking.num_chunks=1"], "chunking.num_chunks=1 makes no chunks"),
+        (["chunking=two_chunks", "chunking.components=[unett]"], "chunking.components names unknown component unett"),
     ],
 )
 def test_invalid_recipes_fail_before_any_work(overrides, expected, tmp_path, capsys):

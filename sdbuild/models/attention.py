@@ -61,6 +61,10 @@ class Attention(nn.Module):
     Queries are scaled by 1/sqrt(head_dim) before the product rather than the scores after:
     the same result, but the scores stay small in float16. That is what ``upcast_attention``
     (SD 2.1) guards against on GPU, where diffusers computes them in float32 instead.
+
+    ``fold_query_scale`` moves that scale into to_q's weight once the weights are loaded. Left
+    as a multiply, coremltools folds it into the weight itself under a new constant name, and
+    mixed-bit recipes and ``op_config.op_name`` rules could no longer find ``...to_q``.
     """
 
     def __init__(self, query_dim: int, context_dim: int | None, heads: int, head_dim: int,
@@ -69,15 +73,22 @@ class Attention(nn.Module):
         inner = heads * head_dim
         context_dim = context_dim or query_dim
         self.heads = heads
-        self.scale = head_dim**-0.5
+        self.query_scale = head_dim**-0.5
         self.attend = IMPLEMENTATIONS[implementation]
         self.to_q = conv1x1(query_dim, inner, bias=False)
         self.to_k = conv1x1(context_dim, inner, bias=False)
         self.to_v = conv1x1(context_dim, inner, bias=False)
         self.to_out = nn.ModuleList([conv1x1(inner, query_dim)])
 
+    def fold_query_scale(self) -> None:
+        # A new tensor: the loaded weight may be shared with the source model, which must not change.
+        self.to_q.weight = nn.Parameter(self.to_q.weight.detach() * self.query_scale, requires_grad=False)
+        self.query_scale = 1.0
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None = None) -> torch.Tensor:
         context = x if context is None else context
-        q = self.to_q(x) * self.scale
+        q = self.to_q(x)
+        if self.query_scale != 1.0:
+            q = q * self.query_scale
         out = self.attend(q, self.to_k(context), self.to_v(context), self.heads)
         return self.to_out[0](out)

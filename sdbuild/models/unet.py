@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from sdbuild.errors import SdbuildError
+from sdbuild.models.attention import Attention
 from sdbuild.models.layers import (
     TimestepEmbedding, as_channels, conv3x3, load_diffusers_weights, sinusoidal_embedding,
 )
@@ -146,7 +147,11 @@ class UNetEncoder(nn.Module):
         """Built without allocating (meta device), then given ``model``'s weights in place."""
         with torch.device("meta"):
             module = cls(model.config, attention, **kwargs)
-        return load_diffusers_weights(module, model.state_dict()).eval()
+        load_diffusers_weights(module, model.state_dict())
+        for layer in module.modules():
+            if isinstance(layer, Attention):
+                layer.fold_query_scale()
+        return module.eval()
 
 
 class UNet(UNetEncoder):

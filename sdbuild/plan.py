@@ -8,7 +8,7 @@ from sdbuild.contract import (
     SUBMODEL_OF, VAE_DECODER, VAE_ENCODER, Interface, component_interface, package_file_name,
     vae_precision,
 )
-from sdbuild.models import ATTENTION_COMPONENTS
+from sdbuild.attention_choice import ATTENTION_COMPONENTS
 from sdbuild.spec import BuildSpec
 
 

@@ -19,7 +19,7 @@ from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 from sdbuild.config.schema import BuildConfig, SourceKind
 from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
 from sdbuild.errors import SdbuildError, describe_config_error
-from sdbuild.models import check_attention
+from sdbuild.attention_choice import check_attention
 from sdbuild.sources import ResolvedSource, resolve_source
 from sdbuild.stages.chunk import check_chunking
 from sdbuild.stages.compress import check_compression, quantization_identity

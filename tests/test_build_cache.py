@@ -43,6 +43,15 @@ def test_unchanged_rebuild_converts_nothing(tiny_build, shared_cache_dir, tmp_pa
     assert "convert   cached" in capsys.readouterr().err
 
 
+def test_unchanged_rebuild_imports_no_torch_or_coremltools(tiny_build, shared_cache_dir, tmp_path):
+    """Most of a warm rebuild's time would be imports: it needs neither library."""
+    script = ("import sys; from sdbuild.cli import main; "
+              f"code = main(['output.dir={tmp_path}', 'cache.dir={shared_cache_dir}']); "
+              "print(code, sorted(m for m in ('torch', 'coremltools', 'diffusers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT)
+    assert result.stdout.split("\n")[-2] == "0 []", result.stdout[-2000:] + result.stderr[-2000:]
+
+
 def test_compute_unit_hint_rebuilds_nothing(tiny_build, shared_cache_dir, tmp_path, no_conversion):
     assert main([f"output.dir={tmp_path}", f"cache.dir={shared_cache_dir}", "target.compute_units=CPU_AND_NE"]) == 0
     rebuilt = read_manifest(only_build(tmp_path))

@@ -8,38 +8,17 @@ outputs, ready for ``torch.jit.trace`` and conversion to an ML Program.
 
 from __future__ import annotations
 
-import warnings
-
 from torch import nn
 
 from sdbuild import contract
+from sdbuild.attention_choice import check_attention
 from sdbuild.contract import ArchInfo
 from sdbuild.errors import SdbuildError
-from sdbuild.models.attention import IMPLEMENTATIONS
 from sdbuild.models.controlnet import ControlNet
 from sdbuild.models.safety_checker import SafetyChecker
 from sdbuild.models.text_encoder import TextEncoder
 from sdbuild.models.unet import UNet
 from sdbuild.models.vae import VAEDecoder, VAEEncoder
-
-ATTENTION_IMPLEMENTATIONS = tuple(IMPLEMENTATIONS)
-
-
-# Components whose graph contains attention of the chosen implementation.
-ATTENTION_COMPONENTS = (contract.UNET, contract.CONTROL_UNET, contract.CONTROLNET)
-
-
-def check_attention(component: str, attention: str, arch: ArchInfo) -> None:
-    """Reject unknown implementations; warn where the reference advises against a choice."""
-    if attention not in ATTENTION_IMPLEMENTATIONS:
-        raise SdbuildError(f"unknown attention implementation '{attention}'",
-                           f"choose one of {', '.join(ATTENTION_IMPLEMENTATIONS)}")
-    if attention == "SPLIT_EINSUM_V2" and arch.is_xl and component in ATTENTION_COMPONENTS:
-        warnings.warn(
-            f"SPLIT_EINSUM_V2 is not advised for SDXL ('{arch.name}'): the reference reports very "
-            "long on-device compile times; SPLIT_EINSUM is the usual Neural Engine choice",
-            stacklevel=3,
-        )
 
 
 def submodel_folders(component: str) -> tuple[str, ...]:

@@ -11,7 +11,8 @@ import torch
 
 from sdbuild import contract
 from sdbuild.metrics import psnr
-from sdbuild.models import ATTENTION_COMPONENTS, build_component_module
+from sdbuild.attention_choice import ATTENTION_COMPONENTS
+from sdbuild.models import build_component_module
 from sdbuild.models.attention import QUERY_CHUNK
 from sdbuild.models.reference import reference_outputs
 

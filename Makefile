@@ -13,8 +13,11 @@ PROMPT ?= a photo of an astronaut riding a horse
 RUN_ARGS ?=
 BUILD ?=
 TEST_ARGS ?=
+# Small recipes whose artifacts CI checks against tests/expectations/<recipe>.json.
+EXPECTED_RECIPES := tiny tiny-ane
+EXPECTATIONS_BUILD := .expectations-build
 
-.PHONY: build test run bench clean-outputs venv
+.PHONY: build test run bench expectations clean-outputs venv
 
 venv: $(STAMP)
 
@@ -33,6 +36,16 @@ test: $(STAMP)
 
 run: $(STAMP)
 	$(PY) -m sdbuild.runner --prompt "$(PROMPT)" $(if $(BUILD),--build $(BUILD),--recipe $(RECIPE)) $(RUN_ARGS)
+
+# After an intended change to what the small recipes build: rebuild them and rewrite their
+# expectations (review the diff of tests/expectations/ before committing it).
+expectations: $(STAMP)
+	rm -rf $(EXPECTATIONS_BUILD)
+	@for recipe in $(EXPECTED_RECIPES); do \
+	  $(PY) -m sdbuild recipe=$$recipe output.dir=$(EXPECTATIONS_BUILD) || exit 1; \
+	  $(PY) -m sdbuild expect --update $(EXPECTATIONS_BUILD)/$$recipe/* tests/expectations/$$recipe.json || exit 1; \
+	done
+	rm -rf $(EXPECTATIONS_BUILD)
 
 bench: $(STAMP)
 	@echo "Real-size benchmarks (minutes each, ~10 GB RAM):"; ls bench/*.py

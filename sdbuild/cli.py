@@ -4,6 +4,7 @@
     sdbuild -m recipe=tiny attention=original,split_einsum   one build per variant (Hydra multirun)
     sdbuild verify BUILD_DIR                    recompute every hash, check the manifest
     sdbuild diff BUILD_A BUILD_B                compare two builds
+    sdbuild expect BUILD_DIR FILE [--update]    check a build against committed expectations
     sdbuild cache list|prune [...]              the stage cache
     sdbuild mixed-bit [...]                     mixed-bit palettization pre-analysis
 """
@@ -39,6 +40,7 @@ def _subcommands() -> dict:
     return {
         "verify": inspect_cli.verify_main,
         "diff": inspect_cli.diff_main,
+        "expect": inspect_cli.expect_main,
         "cache": inspect_cli.cache_main,
         "mixed-bit": inspect_cli.mixed_bit_main,
     }

@@ -1,4 +1,4 @@
-"""Subcommands that inspect builds and the cache: `verify`, `diff`, `cache`, `mixed-bit`."""
+"""Subcommands that inspect builds and the cache: `verify`, `diff`, `expect`, `cache`, `mixed-bit`."""
 
 from __future__ import annotations
 
@@ -66,6 +66,33 @@ def diff_main(argv: list[str]) -> int:
     rows = diff_rows(read_manifest(args.a), read_manifest(args.b))
     print(format_table(["component", "field", str(args.a), str(args.b), ""], rows))
     return 0 if all(not r[-1] for r in rows) else 1
+
+
+def expect_main(argv: list[str]) -> int:
+    from sdbuild import expectations
+
+    parser = argparse.ArgumentParser(
+        prog="sdbuild expect", description="Check a build against committed expectations (or --update them).")
+    parser.add_argument("build_dir", type=Path)
+    parser.add_argument("expectations", type=Path)
+    parser.add_argument("--update", action="store_true", help="write the expectations from this build instead")
+    args = parser.parse_args(argv)
+    manifest = read_manifest(args.build_dir)
+    if args.update:
+        expectations.write_expectations(manifest, args.expectations)
+        print(f"wrote {args.expectations} from {args.build_dir}")
+        return 0
+    differences, notes = expectations.compare(expectations.read_expectations(args.expectations),
+                                              expectations.expectations_of(manifest))
+    for note in notes:
+        print(f"note: {note}")
+    if differences:
+        print(format_table(["field", "expected", "this build"], [list(d) for d in differences]))
+        print(f"{len(differences)} difference(s). If the change is intended: "
+              f"sdbuild expect --update {args.build_dir} {args.expectations}")
+        return 1
+    print(f"{args.build_dir}: meets {args.expectations}")
+    return 0
 
 
 def cache_main(argv: list[str]) -> int:

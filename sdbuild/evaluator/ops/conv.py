@@ -47,12 +47,16 @@ def _torch_padding(x: torch.Tensor, pads: list[tuple[int, int]], value: float = 
     return F.pad(x, flat, value=value), [0] * len(pads)
 
 
-@register("conv")
-def conv(a: Args) -> torch.Tensor:
+def _conv_operands(a: Args) -> tuple[torch.Tensor, torch.Tensor, int, list[int], list[int]]:
+    """(x, weight, spatial dims, strides, dilations), with MIL's defaults of 1."""
     x, weight = a.tensor("x"), float_operand(a, "weight")
     dims = x.dim() - 2
-    strides = a.ints("strides") or [1] * dims
-    dilations = a.ints("dilations") or [1] * dims
+    return x, weight, dims, a.ints("strides") or [1] * dims, a.ints("dilations") or [1] * dims
+
+
+@register("conv")
+def conv(a: Args) -> torch.Tensor:
+    x, weight, dims, strides, dilations = _conv_operands(a)
     pads = conv_padding(a, tuple(x.shape[2:]), tuple(weight.shape[2:]), strides, dilations)
     x, padding = _torch_padding(x, pads)
     return _CONV[dims](x, weight, float_operand(a, "bias"), strides, padding, dilations,
@@ -61,10 +65,7 @@ def conv(a: Args) -> torch.Tensor:
 
 @register("conv_transpose")
 def conv_transpose(a: Args) -> torch.Tensor:
-    x, weight = a.tensor("x"), float_operand(a, "weight")
-    dims = x.dim() - 2
-    strides = a.ints("strides") or [1] * dims
-    dilations = a.ints("dilations") or [1] * dims
+    x, weight, dims, strides, dilations = _conv_operands(a)
     groups = a.get("groups", 1)
     full = _CONV_TRANSPOSE[dims](x, weight, None, strides, 0, 0, groups, dilations)
     spatial_in = x.shape[2:]

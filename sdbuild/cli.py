@@ -5,6 +5,7 @@
     sdbuild verify BUILD_DIR                    recompute every hash, check the manifest
     sdbuild diff BUILD_A BUILD_B                compare two builds
     sdbuild expect BUILD_DIR FILE [--update]    check a build against committed expectations
+    sdbuild bundle BUILD_DIR [--out DIR]        compiled Resources/ folder for Swift apps (macOS)
     sdbuild cache list|prune [...]              the stage cache
     sdbuild mixed-bit [...]                     mixed-bit palettization pre-analysis
 """
@@ -41,6 +42,7 @@ def _subcommands() -> dict:
         "verify": inspect_cli.verify_main,
         "diff": inspect_cli.diff_main,
         "expect": inspect_cli.expect_main,
+        "bundle": inspect_cli.bundle_main,
         "cache": inspect_cli.cache_main,
         "mixed-bit": inspect_cli.mixed_bit_main,
     }

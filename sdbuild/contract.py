@@ -220,6 +220,9 @@ def control_residual_specs(
 
 
 def package_file_name(model_id: str, component: str, chunk: int | None = None) -> str:
-    """``Stable_Diffusion_version_{model id with / as _}_{component}[_chunkN].mlpackage``."""
+    """``Stable_Diffusion_version_{model id with / as _}_{component}[_chunkN].mlpackage``, and
+    ``ControlNet_{model id with / as _}.mlpackage`` for a ControlNet."""
+    if component == CONTROLNET:
+        return f"ControlNet_{model_id.replace('/', '_')}.mlpackage"
     suffix = f"_chunk{chunk}" if chunk is not None else ""
     return f"Stable_Diffusion_version_{model_id.replace('/', '_')}_{component}{suffix}.mlpackage"

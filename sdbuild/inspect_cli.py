@@ -1,4 +1,5 @@
-"""Subcommands that inspect builds and the cache: `verify`, `diff`, `expect`, `cache`, `mixed-bit`."""
+"""Subcommands on finished builds and the cache: `verify`, `diff`, `expect`, `bundle`, `cache`,
+`mixed-bit`."""
 
 from __future__ import annotations
 
@@ -92,6 +93,22 @@ def expect_main(argv: list[str]) -> int:
               f"sdbuild expect --update {args.build_dir} {args.expectations}")
         return 1
     print(f"{args.build_dir}: meets {args.expectations}")
+    return 0
+
+
+def bundle_main(argv: list[str]) -> int:
+    from sdbuild.bundle import bundle
+
+    parser = argparse.ArgumentParser(
+        prog="sdbuild bundle",
+        description="Compile a build into the Resources/ folder Swift apps load (macOS: needs Xcode's coremlcompiler).")
+    parser.add_argument("build_dir", type=Path)
+    parser.add_argument("--out", type=Path, default=None, help="the Resources folder (default: <build_dir>-Resources)")
+    args = parser.parse_args(argv)
+    out = args.out or args.build_dir.with_name(f"{args.build_dir.name}-Resources")
+    plan = bundle(args.build_dir, out)
+    print(format_table(["package", "compiled as"], [[file, f"{name}.mlmodelc"] for file, name in plan]))
+    print(f"wrote {out}")
     return 0
 
 

@@ -48,3 +48,14 @@ def tiny_build(tmp_path_factory, shared_cache_dir):
     builds = [p for p in (root / "outputs" / "tiny").iterdir() if not p.name.startswith(".")]
     assert len(builds) == 1
     return builds[0]
+
+
+@pytest.fixture(scope="session")
+def tiny_ane_build(tmp_path_factory, shared_cache_dir):
+    """tiny-ane: SPLIT_EINSUM, 6-bit palettes, UNet in two chunks, as sd2-ane at tiny size."""
+    from sdbuild.cli import main
+
+    root = tmp_path_factory.mktemp("tiny-ane")
+    assert main(["recipe=tiny-ane", f"output.dir={root}", f"cache.dir={shared_cache_dir}"]) == 0
+    (build,) = [p for p in (root / "tiny-ane").iterdir() if not p.name.startswith(".")]
+    return build

@@ -17,15 +17,6 @@ from sdbuild.manifest import read_manifest
 EXPECTATIONS = Path(__file__).parent / "expectations"
 
 
-@pytest.fixture(scope="session")
-def tiny_ane_build(tmp_path_factory, shared_cache_dir):
-    """tiny-ane: SPLIT_EINSUM, 6-bit palettes, UNet in two chunks, as sd2-ane at tiny size."""
-    root = tmp_path_factory.mktemp("tiny-ane")
-    assert main(["recipe=tiny-ane", f"output.dir={root}", f"cache.dir={shared_cache_dir}"]) == 0
-    (build,) = [p for p in (root / "tiny-ane").iterdir() if not p.name.startswith(".")]
-    return build
-
-
 def check_against_committed(build: Path, recipe: str, capsys) -> None:
     code = main(["expect", str(build), str(EXPECTATIONS / f"{recipe}.json")])
     out = capsys.readouterr().out

@@ -92,8 +92,9 @@ def analyse(unet: nn.Module, settings: AnalysisSettings, *, identity: str | None
             cache_dir: Path | None = None, progress: Progress | None = None) -> Analysis:
     """Per-layer PSNR at each bit width. ``unet``'s weights are rounded to float16 in place.
 
-    With ``cache_dir`` the analysis is saved after every layer under a key of the weights'
-    ``identity`` (default: a digest of the weights) and the settings, and resumed from there.
+    With ``cache_dir`` (a build cache, see `sdbuild cache`) a finished analysis is a cache entry
+    keyed by the weights' ``identity`` (default: a digest of the weights) and the settings; an
+    unfinished one is saved after every layer beside it and resumed from there.
     """
     _check_settings(settings)
     identity = identity or weights_digest(unet)
@@ -104,18 +105,21 @@ def analyse(unet: nn.Module, settings: AnalysisSettings, *, identity: str | None
     if not layers:
         raise SdbuildError(f"the UNet has no conv/linear layer over {settings.weight_threshold} weights",
                            "lower --weight-threshold")
-    cache = _cache_file(cache_dir, identity, settings)
-    done = _read_cache(cache)
+    store = AnalysisStore(cache_dir, identity, settings) if cache_dir is not None else None
+    done = store.read() if store else {}
     results = []
     for index, (name, module) in enumerate(layers, start=1):
         if name not in done:
             done[name] = {n: _psnr_with(module, n, settings.palette_seed, unet, inputs, reference)
                           for n in settings.bit_widths}
-            _write_cache(cache, identity, settings, done)
+            if store:
+                store.save_progress(done)
         results.append(LayerResult(name, module.weight.numel(), done[name]))
         if progress:
             curve = " ".join(f"{n}b:{p:.1f}" for n, p in done[name].items())
             progress(f"[{index}/{len(layers)}] {name}: {curve} dB")
+    if store:
+        store.finish(done)
     analysed = sum(r.elements for r in results)
     total = sum(p.numel() for p in unet.parameters())
     return Analysis(identity, settings, results, total - analysed)
@@ -193,38 +197,49 @@ def _check_settings(settings: AnalysisSettings) -> None:
 
 
 # ----------------------------------------------------------------------------------------------
-# Cache (one JSON per weights identity + settings, rewritten after every layer)
+# Cache: a finished analysis is a build-cache entry (listed and pruned by `sdbuild cache`); an
+# unfinished one is a progress file beside the entries, rewritten after every layer.
 
 
 def analysis_key(identity: str, settings: AnalysisSettings) -> str:
-    material = json.dumps({"version": ANALYSIS_VERSION, "identity": identity, "settings": asdict(settings)},
-                          sort_keys=True)
-    return hashlib.sha256(material.encode()).hexdigest()[:24]
+    from sdbuild.cache import BuildCache
+
+    return BuildCache.key("mixed_bit", {"version": ANALYSIS_VERSION, "identity": identity,
+                                        "settings": asdict(settings)})
 
 
-def _cache_file(cache_dir: Path | None, identity: str, settings: AnalysisSettings) -> Path | None:
-    return None if cache_dir is None else Path(cache_dir) / f"mixed-bit-{analysis_key(identity, settings)}.json"
+class AnalysisStore:
+    def __init__(self, cache_dir: Path, identity: str, settings: AnalysisSettings):
+        from sdbuild.cache import BuildCache
 
+        self.cache = BuildCache(cache_dir)
+        self.key = analysis_key(identity, settings)
+        self.progress = self.cache.root / "progress" / f"{self.key}.json"
 
-def _read_cache(path: Path | None) -> dict[str, dict[int, float]]:
-    if path is None or not path.is_file():
+    def read(self) -> dict[str, dict[int, float]]:
+        """Layers analysed so far: all of a finished analysis, or an unfinished one's head start."""
+        finished = self.cache.get(self.key)
+        for path in (finished, self.progress):
+            if path is not None and path.is_file():
+                try:
+                    layers = json.loads(path.read_text())["layers"]
+                    return {name: {int(n): float(p) for n, p in curve.items()} for name, curve in layers.items()}
+                except (json.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
+                    pass  # a damaged progress file is only a lost head start
         return {}
-    try:
-        layers = json.loads(path.read_text())["layers"]
-        return {name: {int(n): float(p) for n, p in curve.items()} for name, curve in layers.items()}
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        return {}  # a damaged cache is only a lost head start
 
+    def save_progress(self, layers: dict[str, dict[int, float]]) -> None:
+        self.progress.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.progress.with_suffix(f".{os.getpid()}.partial")
+        partial.write_text(json.dumps({"layers": layers}, sort_keys=True))
+        os.replace(partial, self.progress)
 
-def _write_cache(path: Path | None, identity: str, settings: AnalysisSettings,
-                 layers: dict[str, dict[int, float]]) -> None:
-    if path is None:
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {"version": ANALYSIS_VERSION, "identity": identity, "settings": asdict(settings), "layers": layers}
-    partial = path.with_suffix(f".{os.getpid()}.partial")
-    partial.write_text(json.dumps(data, sort_keys=True))
-    os.replace(partial, path)
+    def finish(self, layers: dict[str, dict[int, float]]) -> None:
+        if self.cache.get(self.key) is not None:
+            return
+        self.save_progress(layers)
+        self.cache.put(self.key, self.progress, {"what": "mixed-bit analysis", "layers": len(layers)})
+        self.progress.unlink(missing_ok=True)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -311,7 +326,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--latent-size", type=int, help="latent side for the analysis (default: native; smaller is faster)")
     parser.add_argument("--weight-threshold", type=int, default=AnalysisSettings.weight_threshold)
     parser.add_argument("--palette-seed", type=int, default=0, help="k-means seed; equal to quantization.seed")
-    parser.add_argument("--cache-dir", type=Path, help="analysis cache (default: the user cache folder)")
+    parser.add_argument("--cache-dir", type=Path, help="build cache for the analysis (default: the builds' one)")
     parser.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy machine)")
     return parser.parse_args(argv)
 
@@ -330,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(args: argparse.Namespace, command: str) -> list[Path]:
+    from sdbuild.builder import default_cache_dir
     from sdbuild.config.schema import ModelConfig, SourceKind
     from sdbuild.sources import load_submodel, resolve_source
 
@@ -344,7 +360,7 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
                                 latent_size=args.latent_size, weight_threshold=args.weight_threshold,
                                 palette_seed=args.palette_seed)
     unet = load_submodel(source, "unet")
-    cache_dir = args.cache_dir or _default_cache_dir()
+    cache_dir = args.cache_dir or default_cache_dir()
     log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
     analysis = analyse(unet, settings, identity=source.digest, cache_dir=cache_dir, progress=log)
     name = args.name or source.model_id.replace("/", "_")
@@ -362,12 +378,6 @@ def run(args: argparse.Namespace, command: str) -> list[Path]:
     for path in paths:
         print(f"wrote {path}  (use: quantization=mixed_bit quantization.mixed_bit_recipe={path})")
     return paths
-
-
-def _default_cache_dir() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("sdbuild")) / "mixed-bit"
 
 
 if __name__ == "__main__":

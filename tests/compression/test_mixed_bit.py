@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from sdbuild import mixed_bit
+from sdbuild.cache import BuildCache
 from sdbuild.config.compression import QuantizationConfig
 from sdbuild.errors import SdbuildError
 from sdbuild.mixed_bit import AnalysisSettings, analyse, choose_recipe, main, measure_recipe
@@ -57,7 +58,9 @@ def test_cli_writes_recipes_a_summary_and_a_cache(cli_run):
     assert recipes == ["tiny_6.00.json", "tiny_8.00.json"]
     summary = (cli_run / "recipes" / "tiny_summary.md").read_text()
     assert "| 6.00 |" in summary and "| 8.00 |" in summary
-    assert len(list((cli_run / "cache").glob("mixed-bit-*.json"))) == 1
+    (entry,) = BuildCache(cli_run / "cache").entries()
+    assert entry.stage == "mixed_bit", "the analysis is a build-cache entry: `sdbuild cache` lists and prunes it"
+    assert not list((cli_run / "cache" / "progress").glob("*")), "a finished analysis leaves no progress file"
     recipe = read_recipe(str(cli_run / "recipes" / "tiny_6.00.json"))
     assert recipe and set(recipe.values()) <= {2, 4, 8, 16}
 
@@ -79,6 +82,27 @@ def test_the_cache_replaces_every_layer_measurement(tiny_unet, tiny_source, cli_
     assert len(cached.layers) > 20
     other = mixed_bit.analysis_key(tiny_source.digest, AnalysisSettings(**{**SETTINGS.__dict__, "palette_seed": 1}))
     assert other != mixed_bit.analysis_key(tiny_source.digest, SETTINGS), "settings are part of the key"
+
+
+def test_an_interrupted_analysis_resumes_where_it_stopped(tiny_unet, tiny_source, tmp_path, monkeypatch):
+    measured = []
+    real = mixed_bit._psnr_with
+
+    def measure(module, nbits, *args):
+        if len(measured) == 3 * len(SETTINGS.bit_widths):
+            raise KeyboardInterrupt
+        measured.append(module)
+        return real(module, nbits, *args)
+
+    monkeypatch.setattr(mixed_bit, "_psnr_with", measure)
+    with pytest.raises(KeyboardInterrupt):
+        analyse(tiny_unet, SETTINGS, identity=tiny_source.digest, cache_dir=tmp_path)
+    assert BuildCache(tmp_path).entries() == [], "an unfinished analysis is not an entry"
+    measured.clear()
+    monkeypatch.setattr(mixed_bit, "_psnr_with", lambda module, nbits, *args: measured.append(module) or real(module, nbits, *args))
+    finished = analyse(tiny_unet, SETTINGS, identity=tiny_source.digest, cache_dir=tmp_path)
+    assert len(measured) == (len(finished.layers) - 3) * len(SETTINGS.bit_widths), "the first 3 layers are not measured again"
+    assert [e.stage for e in BuildCache(tmp_path).entries()] == ["mixed_bit"]
 
 
 def test_recipes_fit_their_targets_and_more_bits_buy_accuracy(analysis, tiny_unet):

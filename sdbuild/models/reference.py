@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 
 from sdbuild import contract
+from sdbuild.attention_choice import ATTENTION_COMPONENTS
 from sdbuild.contract import ArchInfo
-from sdbuild.models import ATTENTION_COMPONENTS
 
 
 @torch.no_grad()

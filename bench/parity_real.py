@@ -100,8 +100,8 @@ def _print_table(rows: list[dict]) -> None:
 
 def main() -> None:
     from sdbuild.archs import list_architectures
-    from sdbuild.contract import ALL_COMPONENTS
     from sdbuild.attention_choice import ATTENTION_COMPONENTS
+    from sdbuild.contract import ALL_COMPONENTS
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--archs", nargs="+", default=list(REAL_ARCHS), choices=list_architectures(),

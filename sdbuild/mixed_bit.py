@@ -9,7 +9,7 @@ common threshold, the highest threshold whose average fits the target. Recipes a
 The analysis runs the PyTorch UNet, not the converted ML Program: swapping one weight in place
 costs nothing while a converted program would be re-serialized per layer and bit width, it runs
 anywhere, and it is exact where it matters: the palettes are the ones a build ships
-(`sdbuild.stages.compress.palettized`, same k-means, same seed, on the float16 weights). The
+(`sdbuild.palette.palettized`, same k-means, same seed, on the float16 weights). The
 reference is the UNet with float16-rounded weights computed in float32, so the PSNR measures
 weight error alone, not float16 activation rounding.
 
@@ -36,7 +36,7 @@ from sdbuild.config.compression import PALETTE_NBITS
 from sdbuild.contract import TEXT_SEQUENCE_LENGTH
 from sdbuild.errors import SdbuildError
 from sdbuild.metrics import psnr
-from sdbuild.stages.compress import palettized
+from sdbuild.palette import palettized
 
 ANALYSIS_VERSION = 1  # bump when the measurement changes, so cached analyses are not reused
 FLOAT_BITS = 16

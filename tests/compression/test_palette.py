@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 
-from sdbuild.stages.compress import kmeans_palette, palettized
+from sdbuild.palette import kmeans_palette, palettized
 
 
 def weights(seed: int = 0, size: int = 20_000, dtype=np.float16) -> np.ndarray:

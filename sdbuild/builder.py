@@ -35,7 +35,7 @@ from sdbuild.sample_inputs import sample_inputs
 from sdbuild.sources import write_tokenizer_files
 from sdbuild.spec import BuildSpec
 from sdbuild.stages import verify as verify_stage
-from sdbuild.stages.compress import compress, quantization_identity
+from sdbuild.stages.compress import compress
 from sdbuild.stages.store import publish, staging_folder, write_build_info
 from sdbuild.versions import tool_versions
 
@@ -183,7 +183,7 @@ def _build_component(index, job: ComponentJob, spec: BuildSpec, cache: BuildCach
     compression = _uncompressed_report(package)
     final_key = convert_key
     if job.compress:
-        final_key = cache.key("compress", {"after": convert_key, "quantization": quantization_identity(spec.quantization)})
+        final_key = cache.key("compress", {"after": convert_key, "quantization": spec.quantization_identity})
         compressed = run.cached("compress", final_key, lambda tmp: _compress(tmp, package, spec, job))
         package = compressed / PACKAGE
         compression = json.loads((compressed / REPORT).read_text())

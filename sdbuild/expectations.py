@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sdbuild.errors import SdbuildError
 from sdbuild.manifest import ComponentInfo, Manifest
+from sdbuild.package_io import replace_path, staging_path
 
 EXPECTATIONS_VERSION = 1
 DEFAULT_PSNR_TOLERANCE_DB = 0.5
@@ -65,8 +66,9 @@ def read_expectations(path: Path) -> dict:
 
 
 def write_expectations(manifest: Manifest, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(expectations_of(manifest), indent=2, sort_keys=True) + "\n")
+    with staging_path(path) as staged:  # an interrupted write never leaves a truncated file
+        staged.write_text(json.dumps(expectations_of(manifest), indent=2, sort_keys=True) + "\n")
+        replace_path(staged, path)
 
 
 def compare(expected: dict, actual: dict) -> tuple[list[tuple[str, str, str]], list[str]]:

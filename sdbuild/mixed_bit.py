@@ -215,10 +215,12 @@ class AnalysisStore:
         self.cache = BuildCache(cache_dir)
         self.key = analysis_key(identity, settings)
         self.progress = self.cache.root / "progress" / f"{self.key}.json"
+        self.finished = False
 
     def read(self) -> dict[str, dict[int, float]]:
         """Layers analysed so far: all of a finished analysis, or an unfinished one's head start."""
         finished = self.cache.get(self.key)
+        self.finished = finished is not None
         for path in (finished, self.progress):
             if path is not None and path.is_file():
                 try:
@@ -235,7 +237,7 @@ class AnalysisStore:
         os.replace(partial, self.progress)
 
     def finish(self, layers: dict[str, dict[int, float]]) -> None:
-        if self.cache.get(self.key) is not None:
+        if self.finished:
             return
         self.save_progress(layers)
         self.cache.put(self.key, self.progress, {"what": "mixed-bit analysis", "layers": len(layers)})

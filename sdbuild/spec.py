@@ -15,11 +15,11 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sdbuild.attention_choice import check_attention
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 from sdbuild.config.schema import BuildConfig, SourceKind
 from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
 from sdbuild.errors import SdbuildError, describe_config_error
-from sdbuild.attention_choice import check_attention
 from sdbuild.sources import ResolvedSource, resolve_source
 from sdbuild.stages.chunk import check_chunking
 from sdbuild.stages.compress import check_compression, quantization_identity
@@ -41,6 +41,8 @@ class BuildSpec:
     latent_size: tuple[int, int]
     batch_size: int
     quantization: QuantizationConfig
+    # What compressed bytes depend on, read once here: a mixed-bit recipe file's content with it.
+    quantization_identity: dict
     chunking: ChunkingConfig
     verify: bool
     min_psnr: dict[str, float]
@@ -67,7 +69,7 @@ class BuildSpec:
         source identity, tool versions."""
         identity = {
             "recipe": self.build_config,
-            "quantization": quantization_identity(self.quantization),
+            "quantization": self.quantization_identity,
             "source": self.source.identity(),
             "tools": tool_versions(),
         }
@@ -141,6 +143,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
         latent_size=latent or (arch.default_latent_size, arch.default_latent_size),
         batch_size=build.batch_size,
         quantization=build.quantization,
+        quantization_identity=quantization_identity(build.quantization),
         chunking=build.chunking,
         verify=build.verify,
         min_psnr=dict(build.min_psnr),

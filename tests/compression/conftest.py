@@ -24,15 +24,6 @@ BATCH = 1  # one item keeps the evaluator fast; the graph is the same as with tw
 TEST_WEIGHT_THRESHOLD = 512
 
 
-def _code_digest() -> str:
-    digest = hashlib.sha256()
-    for path in sorted([*(ROOT / "sdbuild" / "models").rglob("*.py"),
-                        ROOT / "sdbuild" / "stages" / "convert.py", ROOT / "sdbuild" / "stages" / "trace.py",
-                        ROOT / "sdbuild" / "contract.py"]):
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 @pytest.fixture(scope="session")
 def tiny_source():
     from sdbuild.config.schema import ModelConfig, SourceKind
@@ -70,8 +61,9 @@ def _converted_unet(target: str, source, interface, cache_dir: Path) -> Path:
         return {"target": target}
 
     cache = BuildCache(cache_dir)
+    # tool_versions holds the digest of sdbuild's code, so an edited model never reuses a stale UNet.
     key = cache.key("test_tiny_unet", {"source": source.identity(), "target": target, "interface": interface.as_dict(),
-                                       "tools": tool_versions(), "code": _code_digest()})
+                                       "tools": tool_versions()})
     entry, _ = cache.get_or_create(key, create)
     return entry / "unet.mlpackage"
 
@@ -123,3 +115,18 @@ def program_summary(package: Path) -> tuple[tuple, dict[str, int], dict[str, int
     ops = list(prog.functions["main"].operations)
     return (tuple(weight_tensors(prog)), dict(Counter(op.op_type for op in ops)),
             {op.name: len(op.outputs[0].shape or ()) for op in ops})
+
+
+def assert_recipe_applied(recipe: dict[str, int], package: Path) -> int:
+    """Every recipe layer's weight has the recipe's bit width (16: not compressed); returns how
+    many layers were palettized."""
+    weights = {w.name: w for w in program_summary(package)[0]}
+    applied = 0
+    for layer, nbits in recipe.items():
+        name = layer.replace(".", "_") + "_weight_to_fp16"
+        if nbits == 16:
+            assert not weights[name].compressed, layer
+        else:
+            assert weights[name + "_palettized"].element_bits == nbits, layer
+            applied += 1
+    return applied

@@ -14,7 +14,7 @@ from sdbuild.errors import SdbuildError
 from sdbuild.mixed_bit import AnalysisSettings, analyse, choose_recipe, main, measure_recipe
 from sdbuild.stages.compress import read_recipe
 
-from .conftest import ARCH, program_summary
+from .conftest import ARCH, assert_recipe_applied
 
 # Small and fast: the tiny UNet's bigger layers, three bit widths, one 8x8 input.
 SETTINGS = AnalysisSettings(bit_widths=(2, 4, 8), num_inputs=1, latent_size=8, weight_threshold=8192)
@@ -136,14 +136,5 @@ def test_a_generated_recipe_applies_to_the_converted_unet(cli_run, unet_ios16, c
     recipe = json.loads(path.read_text())
     package, report = compressed(unet_ios16, QuantizationConfig(mode="mixed_bit", mixed_bit_recipe=str(path)), "iOS16")
     assert report.unmatched_recipe_layers == []
-    weights = {w.name: w for w in program_summary(package)[0]}
-    applied = 0
-    for layer, nbits in recipe.items():
-        name = layer.replace(".", "_") + "_weight_to_fp16"
-        if nbits == 16:
-            assert not weights[name].compressed
-        else:
-            assert weights[name + "_palettized"].element_bits == nbits, layer
-            applied += 1
-    assert applied > len(recipe) / 2
+    assert assert_recipe_applied(recipe, package) > len(recipe) / 2
     assert set(report.nbits) == set(recipe.values()) - {16}

@@ -16,7 +16,7 @@ from sdbuild.package_io import package_digest, save_package
 from sdbuild.quiet import quiet_coremltools
 from sdbuild.stages.compress import compress, read_recipe
 
-from .conftest import TEST_WEIGHT_THRESHOLD, program_summary
+from .conftest import TEST_WEIGHT_THRESHOLD, assert_recipe_applied, program_summary
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "quantization"
 IOS18_PRESETS = ("grouped_kmeans4", "blockwise_int4")
@@ -149,14 +149,8 @@ def test_mixed_bit_recipe_is_applied_by_layer_name(unet_ios16, compressed):
     # Every layer keeps its name through conversion, to_q included (its attention scale is
     # folded into the weight before tracing, not by coremltools after).
     assert report.unmatched_recipe_layers == []
-    after = {w.name: w for w in program_summary(package)[0]}
     assert any(layer.endswith(".to_q") for layer in recipe)
-    for layer, nbits in recipe.items():
-        name = layer.replace(".", "_") + "_weight_to_fp16"
-        if nbits == 16:
-            assert not after[name].compressed
-        else:
-            assert after[name + "_palettized"].element_bits == nbits, layer
+    assert_recipe_applied(recipe, package)
     assert report.nbits == sorted(set(recipe.values()) - {16})
     # Chosen for 4.00 bits over all UNet parameters.
     assert report.avg_bits_per_weight == pytest.approx(4.0, abs=0.05)

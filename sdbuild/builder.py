@@ -87,8 +87,8 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
             "stage_seconds": timer.timings,
         })
         publish(staging, spec.output_dir)
-    timer.note("\n" + summary_table(manifest, timer.timings))
-    timer.note(f"built {spec.output_dir} in {time.perf_counter() - started:.1f}s")
+    timer.summary("\n" + summary_table(manifest, timer.timings))
+    timer.summary(f"built {spec.output_dir} in {time.perf_counter() - started:.1f}s")
     return BuildResult(spec.output_dir, manifest, timer.timings)
 
 

@@ -1,67 +1,97 @@
-"""`sdbuild` / `python -m sdbuild`: build recipes (a Hydra app) and inspect builds.
+"""`sdbuild` / `python -m sdbuild`: build recipes (a Hydra app), check recipes, inspect builds.
 
-    sdbuild [recipe=NAME] [overrides...]        build one recipe
-    sdbuild -m recipe=tiny attention=original,split_einsum   one build per variant (Hydra multirun)
-    sdbuild verify BUILD_DIR                    recompute every hash, check the manifest
-    sdbuild diff BUILD_A BUILD_B                compare two builds
-    sdbuild expect BUILD_DIR FILE [--update]    check a build against committed expectations
-    sdbuild bundle BUILD_DIR [--out DIR]        compiled Resources/ folder for Swift apps (macOS)
-    sdbuild cache list|prune [...]              the stage cache
-    sdbuild mixed-bit [...]                     mixed-bit palettization pre-analysis
+`sdbuild --help` shows the forms and every subcommand (from SUBCOMMANDS below).
 """
 
 from __future__ import annotations
 
+import importlib
+import os
 import sys
-from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from sdbuild.config.search_path import (  # noqa: F401  (CONF_DIR, compose_recipe: for tests and tools)
+    CONF_DIR, PRIMARY_CONFIG, RECIPES_ENV, compose_recipe, recipe_dirs, searchpath_overrides,
+)
+from sdbuild.environ import scoped_environ
 from sdbuild.errors import SdbuildError, describe_config_error
+from sdbuild.progress import quiet_mode
 from sdbuild.quiet import silence_progress_bars
 
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-PRIMARY_CONFIG = "build"
+# name -> (module, function, what it does): dispatch and `sdbuild --help` both read this table.
+SUBCOMMANDS = {
+    "validate": ("sdbuild.recipe_cli", "validate_main", "resolved config, plan and build id of a recipe; writes nothing"),
+    "ls": ("sdbuild.recipe_cli", "ls_main", "recipes and every config group's options, with descriptions"),
+    "schema": ("sdbuild.recipe_cli", "schema_main", "the manifest's JSON Schema [--out FILE]"),
+    "verify": ("sdbuild.inspect_cli", "verify_main", "recompute every hash of a build, check its manifest"),
+    "diff": ("sdbuild.inspect_cli", "diff_main", "compare two builds"),
+    "expect": ("sdbuild.inspect_cli", "expect_main", "check a build against committed expectations [--update]"),
+    "bundle": ("sdbuild.inspect_cli", "bundle_main", "compiled Resources/ folder for Swift apps (macOS)"),
+    "cache": ("sdbuild.inspect_cli", "cache_main", "the stage cache: list | prune"),
+    "mixed-bit": ("sdbuild.inspect_cli", "mixed_bit_main", "mixed-bit palettization pre-analysis"),
+}
+
+
+def usage() -> str:
+    """The forms and subcommands; Hydra's help template shows it (conf/build.yaml: hydra.help)."""
+    width = max(len(name) for name in SUBCOMMANDS)
+    commands = "\n".join(f"  sdbuild {name:<{width}}  {text}" for name, (_, _, text) in SUBCOMMANDS.items())
+    return (
+        "Build:\n"
+        "  sdbuild [recipe=NAME] [group=option ...] [key=value ...]   build one recipe (default: tiny)\n"
+        "  sdbuild -m recipe=NAME attention=original,split_einsum     one build per variant (multirun)\n"
+        "Commands (sdbuild COMMAND --help for their options):\n"
+        f"{commands}\n"
+        "Options (before or after the rest):\n"
+        f"  --recipes DIR   also offer the recipes in DIR (NAME.yaml) as recipe=NAME; or {RECIPES_ENV}=DIR[:DIR]\n"
+        "  --quiet         no progress lines or bars: summaries and errors only (CI logs)"
+    )
+
+
+OmegaConf.register_new_resolver("sdbuild.usage", usage, replace=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     silence_progress_bars()
     argv = list(sys.argv[1:] if argv is None else argv)
-    subcommands = _subcommands()
     try:
-        if argv and argv[0] in subcommands:
-            return subcommands[argv[0]](argv[1:])
-        return _build_main(argv)
+        argv, extra_dirs, quiet = _global_options(argv)
+        # --recipes folders join SDBUILD_RECIPES: compose, `ls` and multirun workers read them there.
+        folders = os.pathsep.join(str(d) for d in recipe_dirs(extra_dirs)) or None
+        with quiet_mode(quiet), scoped_environ(RECIPES_ENV, folders):
+            if argv and argv[0] in SUBCOMMANDS:
+                module, function, _ = SUBCOMMANDS[argv[0]]
+                return getattr(importlib.import_module(module), function)(argv[1:])
+            return _build_main(argv)
     except SdbuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
 
-def _subcommands() -> dict:
-    from sdbuild import inspect_cli
-
-    return {
-        "verify": inspect_cli.verify_main,
-        "diff": inspect_cli.diff_main,
-        "expect": inspect_cli.expect_main,
-        "bundle": inspect_cli.bundle_main,
-        "cache": inspect_cli.cache_main,
-        "mixed-bit": inspect_cli.mixed_bit_main,
-    }
-
-
-def compose_recipe(overrides: list[str]):
-    """Compose the primary config with ``overrides`` outside a Hydra run (tests, preflight)."""
-    from hydra import compose, initialize_config_dir
-
-    from sdbuild.config.schema import register_configs
-
-    register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(PRIMARY_CONFIG, overrides=overrides)
+def _global_options(argv: list[str]) -> tuple[list[str], list[str], bool]:
+    """(the other arguments, --recipes folders, --quiet) wherever they stand."""
+    rest, dirs, quiet = [], [], False
+    args = iter(argv)
+    for arg in args:
+        if arg == "--quiet":
+            quiet = True
+        elif arg == "--recipes":
+            folder = next(args, None)
+            if folder is None:
+                raise SdbuildError("--recipes needs a folder", "e.g. --recipes my_recipes/")
+            dirs.append(folder)
+        elif arg.startswith("--recipes="):
+            dirs.append(arg.split("=", 1)[1])
+        else:
+            rest.append(arg)
+    return rest, dirs, quiet
 
 
 def _build_main(argv: list[str]) -> int:
     if not CONF_DIR.is_dir():
-        raise SdbuildError(f"config folder {CONF_DIR} not found", "run sdbuild from its git clone (pip install -e .)")
+        raise SdbuildError(f"config folder {CONF_DIR} not found", "reinstall sdbuild (pip install .)")
+    argv = [*argv, *searchpath_overrides(recipe_dirs())]
     multirun = any(a in ("-m", "--multirun") for a in argv)
     flags = [a for a in argv if a.startswith("-")]
     if not multirun and not flags:

@@ -148,7 +148,7 @@ def check_build(build_dir: Path) -> tuple[Manifest, list[str]]:
 
     manifest = read_manifest(build_dir)
     problems = []
-    for entry in _recorded_files(manifest):
+    for entry in recorded_files(manifest):
         path = build_dir / entry.file
         if not path.exists():
             problems.append(f"{entry.file}: missing")
@@ -157,7 +157,7 @@ def check_build(build_dir: Path) -> tuple[Manifest, list[str]]:
     return manifest, problems
 
 
-def _recorded_files(manifest: Manifest):
+def recorded_files(manifest: Manifest):
     yield from manifest.tokenizer
     for component in manifest.components.values():
         yield component

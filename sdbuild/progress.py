@@ -1,12 +1,40 @@
-"""Progress lines per component and stage while a build runs, and the summary table at the end."""
+"""Progress while work runs: a line per component and stage, bars over long countable loops, and
+the summary table at the end. `--quiet` (SDBUILD_QUIET=1) keeps only summaries and errors."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import Iterable, TextIO, TypeVar
+
+from sdbuild.environ import scoped_environ
+
+# An environment variable rather than a flag object, so multirun workers inherit it.
+QUIET_ENV = "SDBUILD_QUIET"
+T = TypeVar("T")
+
+
+def is_quiet() -> bool:
+    return os.environ.get(QUIET_ENV) == "1"
+
+
+def quiet_mode(enabled: bool):
+    """Progress off (``enabled``) for the duration, as `--quiet` asks."""
+    return scoped_environ(QUIET_ENV, "1" if enabled else None)
+
+
+def bar(items: Iterable[T], desc: str, total: int | None = None, stream: TextIO | None = None) -> Iterable[T]:
+    """``items`` with a tqdm bar on a terminal; the plain iterable under --quiet or in logs (no TTY)."""
+    stream = stream or sys.stderr
+    if is_quiet() or not stream.isatty():
+        return items
+    from tqdm import tqdm
+
+    # disable=False: entry points set TQDM_DISABLE to mute coremltools' per-pass bars, not ours.
+    return tqdm(items, desc=desc, total=total, file=stream, leave=False, disable=False, dynamic_ncols=True)
 
 
 @dataclass
@@ -16,12 +44,18 @@ class StageTimer:
     total: int
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    quiet: bool = field(default_factory=is_quiet)
 
     def _line(self, text: str) -> None:
-        print(text, file=self.stream, flush=True)
+        if not self.quiet:
+            print(text, file=self.stream, flush=True)
 
     def note(self, text: str) -> None:
         self._line(text)
+
+    def summary(self, text: str) -> None:
+        """Printed under --quiet too: what was built."""
+        print(text, file=self.stream, flush=True)
 
     @contextmanager
     def stage(self, index: int, component: str, stage: str, detail: str = ""):

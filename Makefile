@@ -17,7 +17,7 @@ TEST_ARGS ?=
 EXPECTED_RECIPES := tiny tiny-ane
 EXPECTATIONS_BUILD := .expectations-build
 
-.PHONY: build test run bench expectations clean-outputs venv
+.PHONY: build test run bench expectations schema clean-outputs venv
 
 venv: $(STAMP)
 
@@ -46,6 +46,10 @@ expectations: $(STAMP)
 	  $(PY) -m sdbuild expect --update $(EXPECTATIONS_BUILD)/$$recipe/* tests/expectations/$$recipe.json || exit 1; \
 	done
 	rm -rf $(EXPECTATIONS_BUILD)
+
+# After a change to sdbuild/manifest.py: rewrite the committed JSON Schema apps validate against.
+schema: $(STAMP)
+	$(PY) -m sdbuild schema --out schema/manifest.schema.json
 
 bench: $(STAMP)
 	@echo "Real-size benchmarks (minutes each, ~10 GB RAM):"; ls bench/*.py

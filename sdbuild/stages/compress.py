@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from sdbuild.config.compression import PALETTE_NBITS, QUANTIZATION_MODES, QuantizationConfig
+from sdbuild.config.search_path import CONF_DIR
 from sdbuild.contract import ALL_COMPONENTS
 from sdbuild.errors import SdbuildError
 from sdbuild.palette import PALETTE_VERSION, KMeansPalette
@@ -37,7 +38,7 @@ IOS18_ONLY_MODES = ("grouped_kmeans", "blockwise_int4")
 # Ops whose weight input op_config.op_type may name (as coremltools names them in MIL).
 WEIGHT_OP_TYPES = ("conv", "conv_transpose", "linear", "matmul", "einsum", "gather")
 RECIPE_NBITS = PALETTE_NBITS + (16,)  # 16: the layer stays float16
-SHIPPED_RECIPES_DIR = Path(__file__).resolve().parents[2] / "conf" / "quantization" / "mixed_bit_recipes"
+SHIPPED_RECIPES_DIR = CONF_DIR / "quantization" / "mixed_bit_recipes"
 _ENTRY_KEYS = ("mode", "nbits", "group_size", "block_size")
 _OP_CONFIG_KEYS = ("global", "op_type", "op_name")
 

@@ -37,6 +37,7 @@ from sdbuild.contract import TEXT_SEQUENCE_LENGTH
 from sdbuild.errors import SdbuildError
 from sdbuild.metrics import psnr
 from sdbuild.palette import palettized
+from sdbuild.progress import bar
 
 ANALYSIS_VERSION = 1  # bump when the measurement changes, so cached analyses are not reused
 FLOAT_BITS = 16
@@ -108,7 +109,7 @@ def analyse(unet: nn.Module, settings: AnalysisSettings, *, identity: str | None
     store = AnalysisStore(cache_dir, identity, settings) if cache_dir is not None else None
     done = store.read() if store else {}
     results = []
-    for index, (name, module) in enumerate(layers, start=1):
+    for index, (name, module) in enumerate(bar(layers, "mixed-bit layers"), start=1):
         if name not in done:
             done[name] = {n: _psnr_with(module, n, settings.palette_seed, unet, inputs, reference)
                           for n in settings.bit_widths}

@@ -9,7 +9,8 @@ over every element (kmeans1d is not installed).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -22,9 +23,12 @@ class KMeansPalette:
 
     nbits: int
     seed: int
+    done: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)  # progress
 
     def __call__(self, weight: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return kmeans_palette(weight, self.nbits, self.seed)
+        palette = kmeans_palette(weight, self.nbits, self.seed)
+        self.done()
+        return palette
 
 
 def kmeans_palette(weight: np.ndarray, nbits: int, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -31,10 +31,25 @@ def bar(items: Iterable[T], desc: str, total: int | None = None, stream: TextIO 
     stream = stream or sys.stderr
     if is_quiet() or not stream.isatty():
         return items
+    return _tqdm(items, desc=desc, total=total, file=stream)
+
+
+@contextmanager
+def counter(total: int, desc: str, stream: TextIO | None = None):
+    """A bar for work counted inside someone else's loop: call the yielded function once per item."""
+    stream = stream or sys.stderr
+    if is_quiet() or not stream.isatty():
+        yield lambda: None
+        return
+    with _tqdm(total=total, desc=desc, file=stream) as progress:
+        yield progress.update
+
+
+def _tqdm(*args, **kwargs):
     from tqdm import tqdm
 
     # disable=False: entry points set TQDM_DISABLE to mute coremltools' per-pass bars, not ours.
-    return tqdm(items, desc=desc, total=total, file=stream, leave=False, disable=False, dynamic_ncols=True)
+    return tqdm(*args, leave=False, disable=False, dynamic_ncols=True, **kwargs)
 
 
 @dataclass

@@ -7,6 +7,7 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -14,7 +15,8 @@ import sdbuild
 from sdbuild.cli import CONF_DIR, SUBCOMMANDS, main
 from sdbuild.config.search_path import RECIPES_ENV
 from sdbuild.errors import SdbuildError
-from sdbuild.progress import QUIET_ENV, bar
+from sdbuild.palette import KMeansPalette, kmeans_palette
+from sdbuild.progress import QUIET_ENV, bar, counter
 from sdbuild.recipe_cli import manifest_schema_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,6 +142,26 @@ def test_progress_bars_only_on_a_terminal_and_not_quiet(monkeypatch):
     monkeypatch.setenv(QUIET_ENV, "1")
     quiet_terminal = _Terminal()
     assert list(bar(range(3), "layers", stream=quiet_terminal)) == [0, 1, 2] and quiet_terminal.getvalue() == ""
+
+
+def test_counted_progress_for_palettes_computed_inside_coremltools(monkeypatch):
+    calls = []
+    palette = KMeansPalette(2, seed=0, done=lambda: calls.append(1))
+    weights = [np.linspace(-1, 1, 300, dtype=np.float16).reshape(30, 10) * k for k in (1, 2, 3)]
+    for weight in weights:
+        lut, indices = palette(weight)
+        expected_lut, expected_indices = kmeans_palette(weight, 2, 0)
+        assert np.array_equal(lut, expected_lut) and np.array_equal(indices, expected_indices)
+    assert len(calls) == 3, "each palette reports itself done"
+    assert palette == KMeansPalette(2, seed=0), "the callback is not part of the palette's identity"
+    terminal = _Terminal()
+    with counter(3, "k-means palettes", stream=terminal) as done:
+        done()
+    assert "k-means palettes:" in terminal.getvalue() and "/3 [" in terminal.getvalue()
+    monkeypatch.setenv(QUIET_ENV, "1")
+    with counter(3, "k-means palettes", stream=(quiet_terminal := _Terminal())) as done:
+        done()
+    assert quiet_terminal.getvalue() == ""
 
 
 def test_python_api_builds_and_opens_a_build(tmp_path, shared_cache_dir):

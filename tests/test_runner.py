@@ -33,6 +33,14 @@ def test_run_writes_png_and_settings(tiny_build, tmp_path, capsys):
     assert "step 3/3" in capsys.readouterr().err
 
 
+def test_quiet_run_prints_no_steps(tiny_build, tmp_path, capsys):
+    out = tmp_path / "quiet.png"
+    assert main(["--build", str(tiny_build), "--prompt", "x", "--steps", "1", "--output", str(out), "--quiet"]) == 0
+    captured = capsys.readouterr()
+    assert out.is_file() and "step" not in captured.err
+    assert captured.out.startswith(f"wrote {out}")
+
+
 def test_prompt_tokenizes_with_the_builds_vocabulary(pipeline):
     ids = pipeline.token_ids("a photo of an astronaut riding a horse")[0].astype(int).tolist()
     assert ids[0] == 49406, "starts with <|startoftext|>"

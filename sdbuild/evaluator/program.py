@@ -27,6 +27,7 @@ from sdbuild.evaluator.registry import Args, Const, OutputInfo, UnsupportedOpErr
 from sdbuild.evaluator.values import (
     DESCRIPTION_NUMPY, DT, BlobFiles, decode_value, tensor_shape, torch_dtype,
 )
+from sdbuild.progress import bar
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,11 @@ class ProgramEvaluator:
     def output_specs(self) -> tuple[TensorSpec, ...]:
         return tuple(p.spec for p in self._outputs)
 
-    def predict(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    def predict(self, inputs: dict[str, np.ndarray], progress: str | None = None) -> dict[str, np.ndarray]:
+        """Outputs for ``inputs``; ``progress`` names a bar over the ops (long programs)."""
         env = self._prepare_inputs(inputs)
         with torch.inference_mode():
-            for step in self._steps:
+            for step in bar(self._steps, progress) if progress else self._steps:
                 values = {key: _resolve(ref, env) for key, ref in step.inputs}
                 args = Args(values, step.outputs, self.ios, step.op_type)
                 try:

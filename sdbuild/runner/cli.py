@@ -14,6 +14,7 @@ from pathlib import Path
 from sdbuild.errors import SdbuildError
 from sdbuild.quiet import silence_progress_bars
 from sdbuild.manifest import MANIFEST_FILE
+from sdbuild.progress import quiet_mode
 from sdbuild.runner.backends import BACKENDS
 from sdbuild.runner.pipeline import SCHEDULERS, GenerationSettings, Pipeline, settings_record
 
@@ -44,6 +45,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--strength", type=float, default=defaults.strength, help="image-to-image: how much to change it")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: Core ML on macOS, the evaluator elsewhere")
     parser.add_argument("--output", type=Path, help="PNG path (default: <outputs>/images/<recipe>-<seed>-<prompt>.png)")
+    parser.add_argument("--quiet", action="store_true", help="no step lines or progress bars (CI logs)")
     return parser.parse_args(argv)
 
 
@@ -59,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         if settings.steps < 1:
             raise SdbuildError(f"--steps {settings.steps} is not a positive number", "e.g. --steps 25")
-        pipeline = Pipeline(build_dir, backend=args.backend)
-        image = pipeline.generate(settings)
+        with quiet_mode(args.quiet):
+            pipeline = Pipeline(build_dir, backend=args.backend, progress=(lambda text: None) if args.quiet else None)
+            image = pipeline.generate(settings)
     except SdbuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -16,6 +16,7 @@ import numpy as np
 
 from sdbuild.errors import SdbuildError
 from sdbuild.manifest import ComponentInfo, Manifest, check_build
+from sdbuild.progress import bar
 from sdbuild.runner.backends import ChunkedPredictor, Predictor, load_predictor, resolve_backend
 
 SCHEDULERS = {
@@ -132,7 +133,7 @@ class Pipeline:
         extra = self._extra_unet_inputs(cond_pooled, uncond_pooled)
         # Ancestral samplers draw noise each step; seed it too where the scheduler accepts it.
         step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
-        for index, t in enumerate(timesteps, start=1):
+        for index, t in enumerate(bar(timesteps, "denoising"), start=1):
             model_input = scheduler.scale_model_input(latents, t)
             noise_uncond, noise_cond = self._predict_noise(model_input.numpy(), float(t), uncond, cond, extra)
             guided = noise_uncond + settings.guidance_scale * (noise_cond - noise_uncond)

@@ -25,6 +25,7 @@ from sdbuild.config.search_path import CONF_DIR
 from sdbuild.contract import ALL_COMPONENTS
 from sdbuild.errors import SdbuildError
 from sdbuild.palette import PALETTE_VERSION, KMeansPalette
+from sdbuild.progress import counter
 from sdbuild.quiet import quiet_coremltools
 
 if TYPE_CHECKING:
@@ -456,26 +457,28 @@ def _apply(prog: "Program", decisions: dict[str, WeightScheme], cfg: Quantizatio
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
     from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
 
-    configs = {scheme: _op_config(scheme, cfg) for scheme in set(decisions.values())}
-    palettes = {n: configs[s] for n, s in decisions.items() if s.mode in ("kmeans", "grouped_kmeans")}
-    integers = {n: configs[s] for n, s in decisions.items() if s.mode in ("linear8", "blockwise_int4")}
-    for pass_name, by_name in (("compression::palettize_weights", palettes),
-                               ("compression::linear_quantize_weights", integers)):
-        if by_name:
-            graph_pass = PASS_REGISTRY[pass_name]
-            graph_pass.set_options([PassOption("config", cto.OptimizationConfig(op_name_configs=by_name))])
-            graph_pass.apply(prog)
+    palettized = [n for n, s in decisions.items() if s.mode in ("kmeans", "grouped_kmeans")]
+    with counter(len(palettized), "k-means palettes") as palette_done:
+        configs = {scheme: _op_config(scheme, cfg, palette_done) for scheme in set(decisions.values())}
+        palettes = {n: configs[decisions[n]] for n in palettized}
+        integers = {n: configs[s] for n, s in decisions.items() if s.mode in ("linear8", "blockwise_int4")}
+        for pass_name, by_name in (("compression::palettize_weights", palettes),
+                                   ("compression::linear_quantize_weights", integers)):
+            if by_name:
+                graph_pass = PASS_REGISTRY[pass_name]
+                graph_pass.set_options([PassOption("config", cto.OptimizationConfig(op_name_configs=by_name))])
+                graph_pass.apply(prog)
 
 
-def _op_config(scheme: WeightScheme, cfg: QuantizationConfig):
+def _op_config(scheme: WeightScheme, cfg: QuantizationConfig, palette_done):
     import coremltools.optimize.coreml as cto
 
     threshold = cfg.weight_threshold
     if scheme.mode == "kmeans":
-        return cto.OpPalettizerConfig(mode="custom", lut_function=KMeansPalette(scheme.nbits, cfg.seed),
+        return cto.OpPalettizerConfig(mode="custom", lut_function=KMeansPalette(scheme.nbits, cfg.seed, palette_done),
                                       weight_threshold=threshold)
     if scheme.mode == "grouped_kmeans":
-        return cto.OpPalettizerConfig(mode="custom", lut_function=KMeansPalette(scheme.nbits, cfg.seed),
+        return cto.OpPalettizerConfig(mode="custom", lut_function=KMeansPalette(scheme.nbits, cfg.seed, palette_done),
                                       granularity="per_grouped_channel", group_size=scheme.group_size,
                                       weight_threshold=threshold)
     if scheme.mode == "linear8":

@@ -20,7 +20,7 @@ def run_backends(package: Path, inputs: dict[str, np.ndarray]) -> dict[str, dict
     """Outputs of ``package`` per available backend."""
     from sdbuild.evaluator import ProgramEvaluator
 
-    results = {"evaluator": ProgramEvaluator(package, fp16_storage=True).predict(inputs)}
+    results = {"evaluator": ProgramEvaluator(package, fp16_storage=True).predict(inputs, progress=f"verify {package.stem}")}
     if sys.platform == "darwin":
         results["coreml"] = _predict_coreml(package, inputs)
     return results

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -98,6 +100,9 @@ def test_user_recipe_folder_by_flag(user_recipes, tmp_path, monkeypatch, capsys)
     assert RECIPES_ENV not in os.environ, "the flag lasts for its command only"
     assert main(["--recipes", "/no/such/folder", "ls"]) == 2
     assert capsys.readouterr().err.startswith("error: recipe folder /no/such/folder does not exist")
+    (user_recipes / "tiny.yaml").write_text(USER_RECIPE.replace("name: mine", "name: tiny"))
+    assert main(["validate", "--recipes", str(user_recipes), "recipe=tiny"]) == 2
+    assert "tiny.yaml has the name of one in" in capsys.readouterr().err, "a shadowed recipe is refused, not ignored"
 
 
 def test_user_recipe_folder_by_environment(user_recipes, monkeypatch, capsys):
@@ -181,3 +186,10 @@ def test_python_api_builds_and_opens_a_build(tmp_path, shared_cache_dir):
         sdbuild.open_build(result.build_dir)
     with pytest.raises(SdbuildError, match="no such option"):
         sdbuild.build("no-such-recipe")
+
+
+def test_import_sdbuild_stays_light():
+    code = ("import sys, sdbuild; sdbuild.build, sdbuild.open_build, sdbuild.OpenedBuild; "
+            "print(sorted(m for m in ('torch', 'coremltools', 'hydra', 'diffusers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

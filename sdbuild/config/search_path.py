@@ -74,13 +74,22 @@ def recipe_dirs(extra: Iterable[str | Path] = ()) -> list[Path]:
     """``extra`` folders, then those in SDBUILD_RECIPES; each must exist."""
     from_env = [d for d in os.environ.get(RECIPES_ENV, "").split(os.pathsep) if d]
     dirs = []
+    # Hydra takes the first match on its search path: a second recipe of the same name would be
+    # silently ignored, so it is refused.
+    owners = {p.stem: p.parent for p in (CONF_DIR / RECIPE_GROUP).glob("*.yaml")}
     for entry in [*extra, *from_env]:
         folder = Path(entry).expanduser().resolve()
         if not folder.is_dir():
             raise SdbuildError(f"recipe folder {entry} does not exist",
                                f"pass an existing folder of NAME.yaml recipes to --recipes or {RECIPES_ENV}")
-        if folder not in dirs:
-            dirs.append(folder)
+        if folder in dirs:
+            continue
+        for recipe in sorted(folder.glob("*.yaml")):
+            if recipe.stem in owners:
+                raise SdbuildError(f"recipe {recipe} has the name of one in {owners[recipe.stem]}",
+                                   "rename the file (a recipe's name is its file name)")
+            owners[recipe.stem] = folder
+        dirs.append(folder)
     return dirs
 
 

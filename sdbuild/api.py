@@ -53,25 +53,19 @@ class OpenedBuild:
 
     build_dir: Path
     manifest: "Manifest"
-
-    @property
-    def files(self) -> dict[str, Path]:
-        """Every file the manifest records (packages, chunks, tokenizer files) -> its path."""
-        from sdbuild.manifest import recorded_files
-
-        return {entry.file: self.build_dir / entry.file for entry in recorded_files(self.manifest)}
+    files: dict[str, Path]  # every file the manifest records -> the resolved path that was hashed
 
     def component_path(self, component: str) -> Path:
         info = self.manifest.components.get(component)
         if info is None:
             raise SdbuildError(f"build {self.build_dir} has no component {component!r}",
                                f"it has: {', '.join(self.manifest.components)}")
-        return self.build_dir / info.file
+        return self.files[info.file]
 
 
 def open_build(path: str | Path) -> OpenedBuild:
     """The build at ``path`` after checking its manifest's schema and every file's SHA-256."""
-    from sdbuild.runner.pipeline import open_build as checked_manifest
+    from sdbuild.manifest import check_build
 
-    build_dir = Path(path)
-    return OpenedBuild(build_dir, checked_manifest(build_dir))
+    check = check_build(Path(path)).intact()
+    return OpenedBuild(check.build_dir, check.manifest, check.paths)

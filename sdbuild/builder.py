@@ -202,7 +202,7 @@ def _build_component(index, job: ComponentJob, spec: BuildSpec, cache: BuildCach
         verified = run.cached("verify", verify_key,
                               lambda tmp: _verify(tmp, package, converted / REFERENCE, chunk_dir, chunks))
         verification = json.loads((verified / REPORT).read_text())
-        verify_stage.gate(name, verification, job.min_psnr)
+        verify_stage.gate(name, verification, job.min_psnr, job.min_chunks_psnr)
         verification = {"verified": True, "threshold_db": job.min_psnr, **verification}
 
     with run.stage("store"):

@@ -41,18 +41,15 @@ def bundle(build_dir: Path, out_dir: Path, progress=print) -> list[tuple[str, st
             "compiling .mlmodelc needs Xcode's coremlcompiler (`xcrun`), which only macOS has",
             "copy the build folder to a Mac with the Xcode command line tools and run `sdbuild bundle` there",
         )
-    manifest, problems = check_build(build_dir)
-    if problems:
-        raise SdbuildError(f"{build_dir} does not match its manifest: {'; '.join(problems[:3])}",
-                           "rebuild it, or check it with `sdbuild verify`")
-    plan = resource_plan(manifest)
+    build = check_build(build_dir).intact()
+    plan = resource_plan(build.manifest)
     with staging_path(out_dir) as staged:
         staged.mkdir()
         for file, name in plan:
             progress(f"compiling {file} -> {name}.mlmodelc")
-            _compile(build_dir / file, staged / f"{name}.mlmodelc")
-        for tokenizer_file in manifest.tokenizer:
-            shutil.copy2(build_dir / tokenizer_file.file, staged / tokenizer_file.file)
+            _compile(build.paths[file], staged / f"{name}.mlmodelc")
+        for tokenizer_file in build.manifest.tokenizer:
+            shutil.copy2(build.paths[tokenizer_file.file], staged / tokenizer_file.file)
         replace_path(staged, out_dir)
     return plan
 

@@ -8,7 +8,7 @@ import hashlib
 from pathlib import Path
 
 from sdbuild.errors import SdbuildError
-from sdbuild.manifest import Manifest, check_build, read_manifest
+from sdbuild.manifest import BuildCheck, Manifest, check_build, read_manifest
 from sdbuild.progress import format_table
 
 
@@ -16,14 +16,19 @@ def verify_main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="sdbuild verify", description="Recompute every hash of a build and check its manifest.")
     parser.add_argument("build_dir", type=Path)
     args = parser.parse_args(argv)
-    _, problems = check_build(args.build_dir)
-    if problems:
-        print(f"{args.build_dir}: {len(problems)} mismatch(es)")
-        for problem in problems:
-            print(f"  {problem}")
+    if _print_mismatches(check_build(args.build_dir)):
         return 1
     print(f"{args.build_dir}: ok, every file matches the manifest")
     return 0
+
+
+def _print_mismatches(check: BuildCheck) -> bool:
+    """List what differs between a build's files and its manifest; True if anything does."""
+    if check.problems:
+        print(f"{check.build_dir}: {len(check.problems)} mismatch(es)")
+        for problem in check.problems:
+            print(f"  {problem}")
+    return bool(check.problems)
 
 
 def _interface_summary(component) -> str:
@@ -78,19 +83,22 @@ def expect_main(argv: list[str]) -> int:
     parser.add_argument("expectations", type=Path)
     parser.add_argument("--update", action="store_true", help="write the expectations from this build instead")
     args = parser.parse_args(argv)
-    manifest = read_manifest(args.build_dir)
+    # The gate is on the files themselves: a manifest that still reads well proves nothing.
+    check = check_build(args.build_dir)
     if args.update:
-        expectations.write_expectations(manifest, args.expectations)
+        expectations.write_expectations(check.intact().manifest, args.expectations)
         print(f"wrote {args.expectations} from {args.build_dir}")
         return 0
-    differences, notes = expectations.compare(expectations.read_expectations(args.expectations),
-                                              expectations.expectations_of(manifest))
+    wanted = expectations.read_expectations(args.expectations)
+    damaged = _print_mismatches(check)
+    differences, notes = expectations.compare(wanted, expectations.expectations_of(check.manifest))
     for note in notes:
         print(f"note: {note}")
     if differences:
         print(format_table(["field", "expected", "this build"], [list(d) for d in differences]))
         print(f"{len(differences)} difference(s). If the change is intended: "
               f"sdbuild expect --update {args.build_dir} {args.expectations}")
+    if damaged or differences:
         return 1
     print(f"{args.build_dir}: meets {args.expectations}")
     return 0

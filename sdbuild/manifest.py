@@ -8,16 +8,41 @@ those go to `build-info.json` beside it.
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError
 
 from sdbuild.errors import SdbuildError
 
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "manifest.json"
 BUILD_INFO_FILE = "build-info.json"
+# What a build folder holds besides the files its manifest lists: its own records, and the
+# folder settings Finder writes into any folder a Mac user opens.
+BUILD_RECORDS = (MANIFEST_FILE, BUILD_INFO_FILE)
+FINDER_SETTINGS = ".DS_Store"
+
+
+def _inside_build(file: str) -> str:
+    """A manifest path names a file of its build: relative, normalised, POSIX, so that joining it
+    to the build folder can neither leave the folder nor name one file two ways."""
+    problem = (
+        "is empty" if not file
+        else "contains a control character" if any(ord(c) < 32 for c in file)
+        else "contains a backslash" if "\\" in file
+        else "is absolute" if file.startswith("/")
+        else "has an empty, '.' or '..' segment" if {"", ".", ".."} & set(file.split("/"))
+        else None
+    )
+    if problem:
+        raise ValueError(f"file {file!r} {problem}: manifest paths are relative to the build folder, "
+                         "'/'-separated and normalised")
+    return file
+
+
+BuildPath = Annotated[str, AfterValidator(_inside_build)]
 
 
 class _Strict(BaseModel):
@@ -36,7 +61,7 @@ class InterfaceInfo(_Strict):
 
 
 class FileInfo(_Strict):
-    file: str  # path relative to the build folder
+    file: BuildPath
     sha256: str  # of the file, or of a package folder (sorted relative paths and file hashes)
     bytes: int
 
@@ -139,22 +164,72 @@ def read_manifest(build_dir: Path) -> Manifest:
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
-        raise SdbuildError(f"{path} does not match the manifest schema: {where}: {first['msg']}", "rebuild the recipe") from exc
+        # A validator's own sentence reads better without pydantic's "Value error, " prefix.
+        message = str(first["ctx"]["error"]) if first["type"] == "value_error" else first["msg"]
+        raise SdbuildError(f"{path} does not match the manifest schema: {where}: {message}", "rebuild the recipe") from exc
 
 
-def check_build(build_dir: Path) -> tuple[Manifest, list[str]]:
-    """The build's manifest and every mismatch between it and the files on disk."""
+@dataclass(frozen=True)
+class BuildCheck:
+    """A build's manifest, every mismatch between it and the files on disk, and the resolved path
+    each listed file was hashed at: whoever loads the files loads these, not a second lookup."""
+
+    build_dir: Path
+    manifest: Manifest
+    problems: list[str]
+    paths: dict[str, Path]  # manifest `file` -> the resolved path whose content was hashed
+
+    def intact(self) -> BuildCheck:
+        """This check, or SdbuildError naming the first mismatches."""
+        if not self.problems:
+            return self
+        more = len(self.problems) - 3
+        listed = "; ".join(self.problems[:3]) + (f"; and {more} more" if more > 0 else "")
+        raise SdbuildError(f"{self.build_dir} does not match its manifest: {listed}",
+                           f"the files were changed or damaged; list them with `sdbuild verify {self.build_dir}`, "
+                           "or rebuild the recipe")
+
+
+def check_build(build_dir: Path) -> BuildCheck:
+    """Rehash every file the manifest lists and look for files it does not list."""
     from sdbuild.package_io import package_digest
 
     manifest = read_manifest(build_dir)
-    problems = []
+    root = Path(build_dir).resolve()
+    problems: list[str] = []
+    paths: dict[str, Path] = {}
     for entry in recorded_files(manifest):
-        path = build_dir / entry.file
+        path = root / entry.file
         if not path.exists():
             problems.append(f"{entry.file}: missing")
-        elif (digest := package_digest(path)) != entry.sha256:
+        elif escaping := _links_out_of(root, path):
+            problems.append(f"{entry.file}: {escaping.relative_to(root).as_posix()} links outside the build folder")
+        elif (digest := package_digest(resolved := path.resolve())) != entry.sha256:
             problems.append(f"{entry.file}: sha256 {digest[:12]}... does not match the manifest's {entry.sha256[:12]}...")
-    return manifest, problems
+        else:
+            paths[entry.file] = resolved
+    listed = [entry.file for entry in recorded_files(manifest)]
+    problems += [f"{file}: not listed in the manifest" for file in _unlisted_files(root, listed)]
+    return BuildCheck(Path(build_dir), manifest, problems, paths)
+
+
+def _links_out_of(root: Path, path: Path) -> Path | None:
+    """The first of ``path`` (or a file in a package folder) that resolves outside ``root``."""
+    candidates = [path, *(sorted(path.rglob("*")) if path.is_dir() else [])]
+    return next((p for p in candidates if not p.resolve().is_relative_to(root)), None)
+
+
+def _unlisted_files(root: Path, listed: list[str]) -> list[str]:
+    """Files in the build that are neither listed (a package folder lists all it holds) nor the
+    build's own records."""
+    unlisted = []
+    for path in sorted(root.rglob("*")):
+        relative = path.relative_to(root).as_posix()
+        if (path.is_dir() and not path.is_symlink()) or relative in BUILD_RECORDS or path.name == FINDER_SETTINGS:
+            continue
+        if not any(relative == file or relative.startswith(file + "/") for file in listed):
+            unlisted.append(relative)
+    return unlisted
 
 
 def recorded_files(manifest: Manifest):

@@ -22,7 +22,8 @@ class ComponentJob:
     attention: str | None
     compress: bool
     chunk: bool
-    min_psnr: float
+    min_psnr: float  # gate of each output against the PyTorch module
+    min_chunks_psnr: float  # gate of the chunk pipeline against the whole model
 
 
 def plan_jobs(spec: BuildSpec) -> list[ComponentJob]:
@@ -39,7 +40,8 @@ def plan_jobs(spec: BuildSpec) -> list[ComponentJob]:
                 attention=spec.attention if component in ATTENTION_COMPONENTS else None,
                 compress=spec.quantization.mode != "none" and component in spec.quantization.components,
                 chunk=spec.chunking.enabled and component in spec.chunking.components,
-                min_psnr=spec.min_psnr_for(component),
+                min_psnr=spec.min_psnr.for_component(component),
+                min_chunks_psnr=spec.min_psnr.chunks,
             )
         )
     return jobs

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -17,7 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sdbuild.attention_choice import check_attention
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
-from sdbuild.config.schema import BuildConfig, SourceKind
+from sdbuild.config.schema import BuildConfig, MinPsnrConfig, SourceKind
 from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
 from sdbuild.errors import SdbuildError, describe_config_error
 from sdbuild.sources import ResolvedSource, resolve_source
@@ -45,7 +46,7 @@ class BuildSpec:
     quantization_identity: dict
     chunking: ChunkingConfig
     verify: bool
-    min_psnr: dict[str, float]
+    min_psnr: MinPsnrConfig
     output_root: Path
     cache_dir: Path | None
     cache_enabled: bool
@@ -78,9 +79,6 @@ class BuildSpec:
     @property
     def output_dir(self) -> Path:
         return self.output_root / self.recipe / self.build_id
-
-    def min_psnr_for(self, component: str) -> float:
-        return self.min_psnr.get(component, self.min_psnr["default"])
 
 
 def canonical_json(data) -> str:
@@ -146,7 +144,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
         quantization_identity=quantization_identity(build.quantization),
         chunking=build.chunking,
         verify=build.verify,
-        min_psnr=dict(build.min_psnr),
+        min_psnr=build.min_psnr,
         output_root=Path(build.output.dir),
         cache_dir=Path(build.cache.dir).expanduser() if build.cache.dir else None,
         cache_enabled=build.cache.enabled,
@@ -185,12 +183,13 @@ def _check_latent(height: int | None, width: int | None) -> tuple[int, int] | No
     return height, width
 
 
-def _check_min_psnr(min_psnr: dict[str, float]) -> None:
-    if "default" not in min_psnr:
-        raise SdbuildError("min_psnr has no 'default' entry", "add min_psnr.default=35")
-    unknown = [k for k in min_psnr if k != "default" and k not in ALL_COMPONENTS]
-    if unknown:
-        raise SdbuildError(
-            f"min_psnr names unknown component {', '.join(unknown)}",
-            f"keys: default, {', '.join(ALL_COMPONENTS)}",
-        )
+def _check_min_psnr(min_psnr: MinPsnrConfig) -> None:
+    """A gate must be able to fail and to pass: NaN fails no comparison, infinity passes none."""
+    for gate in fields(min_psnr):
+        threshold = getattr(min_psnr, gate.name)
+        if threshold is not None and not (math.isfinite(threshold) and threshold >= 0):
+            example = MinPsnrConfig.default if gate.default is None else gate.default
+            raise SdbuildError(
+                f"min_psnr.{gate.name}={threshold} is not a usable threshold",
+                f"give a finite number of dB, 0 or more, e.g. min_psnr.{gate.name}={example:g}",
+            )

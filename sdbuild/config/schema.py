@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Dict, List, Optional
+from typing import List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -84,6 +84,32 @@ class CacheConfig:
 
 
 @dataclass
+class MinPsnrConfig:
+    """Verification gates in dB: each component's outputs against its PyTorch module (a component
+    left unset gets `default`), and a chunked component's chunk pipeline against the whole model."""
+
+    default: float = 35.0
+    text_encoder: Optional[float] = None
+    text_encoder_2: Optional[float] = None
+    unet: Optional[float] = None
+    control_unet: Optional[float] = None  # component control-unet: a key cannot hold "-"
+    controlnet: Optional[float] = None
+    vae_decoder: Optional[float] = None
+    vae_encoder: Optional[float] = None
+    safety_checker: Optional[float] = None
+    chunks: float = 60.0  # chunks and whole model compute the same thing: only rounding may differ
+
+    def for_component(self, component: str) -> float:
+        threshold = getattr(self, min_psnr_key(component))
+        return self.default if threshold is None else threshold
+
+
+def min_psnr_key(component: str) -> str:
+    """The `min_psnr` key of a component (recipes write `min_psnr.<key>=N`)."""
+    return component.replace("-", "_")
+
+
+@dataclass
 class BuildConfig:
     name: str = "unnamed"
     description: str = ""
@@ -98,8 +124,7 @@ class BuildConfig:
     quantization: QuantizationConfig = field(default_factory=QuantizationConfig)
     chunking: ChunkingConfig = field(default_factory=ChunkingConfig)
     verify: bool = True
-    # Minimum PSNR (dB) of each artifact against its PyTorch module; "default" covers the rest.
-    min_psnr: Dict[str, float] = field(default_factory=lambda: {"default": 35.0})
+    min_psnr: MinPsnrConfig = field(default_factory=MinPsnrConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
 

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
+from sdbuild.contract import TEXT_ENCODER_2
 from sdbuild.errors import SdbuildError
 from sdbuild.manifest import ComponentInfo, Manifest, check_build
 from sdbuild.progress import bar
 from sdbuild.runner.backends import ChunkedPredictor, Predictor, load_predictor, resolve_backend
+from sdbuild.sources.resolved import TOKENIZER_OF
+from sdbuild.sources.tokenizer import VOCAB_FILE
 
 SCHEDULERS = {
     "DDIM": "DDIMScheduler",
@@ -44,32 +47,26 @@ class GenerationSettings:
     backend: str = "auto"
 
 
-def open_build(build_dir: Path) -> Manifest:
-    """The manifest, after checking its schema and every file's hash; nothing is loaded before."""
-    manifest, problems = check_build(build_dir)
-    if problems:
-        raise SdbuildError(
-            f"build {build_dir} does not match its manifest: {'; '.join(problems)}",
-            "the files were changed or damaged; rebuild the recipe",
-        )
-    return manifest
-
-
 class Pipeline:
     def __init__(self, build_dir: Path, backend: str = "auto", progress=None):
         self.build_dir = build_dir
-        self.manifest = open_build(build_dir)
+        # Schema and every file's hash are checked before anything is loaded, and only the
+        # paths that were hashed are loaded.
+        self._build = check_build(build_dir).intact()
+        self.manifest = self._build.manifest
         self.backend = resolve_backend(backend)
         self._progress = progress or (lambda text: print(text, file=sys.stderr, flush=True))
         self._models: dict[str, Predictor] = {}
         from transformers import CLIPTokenizer
 
         # from_pretrained reads vocab.json + merges.txt from a folder (the constructor's
-        # vocab_file/merges_file arguments are ignored by transformers 5). SDXL's second text
-        # encoder has its own folder only when its tokenizer differs.
-        self.tokenizer = CLIPTokenizer.from_pretrained(str(build_dir))
-        second = build_dir / "tokenizer_2"
-        self.tokenizer_2 = CLIPTokenizer.from_pretrained(str(second)) if second.is_dir() else self.tokenizer
+        # vocab_file/merges_file arguments are ignored by transformers 5); the check above refused
+        # any other file there. SDXL's second text encoder has its own folder only when its
+        # tokenizer differs.
+        paths = self._build.paths
+        self.tokenizer = CLIPTokenizer.from_pretrained(str(paths[VOCAB_FILE].parent))
+        second = paths.get(f"{TOKENIZER_OF[TEXT_ENCODER_2]}/{VOCAB_FILE}")
+        self.tokenizer_2 = CLIPTokenizer.from_pretrained(str(second.parent)) if second else self.tokenizer
 
     def has(self, component: str) -> bool:
         return component in self.manifest.components
@@ -85,12 +82,13 @@ class Pipeline:
 
     def _load(self, info: ComponentInfo) -> Predictor:
         units = self.manifest.compute_units
+        paths = self._build.paths
         if info.chunks:  # chunks are preferred when both exist, as in the Swift package
             return ChunkedPredictor([
-                (load_predictor(self.backend, self.build_dir / c.file, units), [t.name for t in c.interface.inputs])
+                (load_predictor(self.backend, paths[c.file], units), [t.name for t in c.interface.inputs])
                 for c in info.chunks
             ])
-        return load_predictor(self.backend, self.build_dir / info.file, units)
+        return load_predictor(self.backend, paths[info.file], units)
 
     # --- conditioning ---------------------------------------------------------------------
 

@@ -15,11 +15,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sdbuild.errors import SdbuildError, describe_config_error
+from sdbuild.errors import SdbuildError
+from sdbuild.preflight import CONF_DIR, PRIMARY_CONFIG, preflight
 from sdbuild.quiet import silence_progress_bars
-
-CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
-PRIMARY_CONFIG = "build"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -48,24 +46,10 @@ def _subcommands() -> dict:
     }
 
 
-def compose_recipe(overrides: list[str]):
-    """Compose the primary config with ``overrides`` outside a Hydra run (tests, preflight)."""
-    from hydra import compose, initialize_config_dir
-
-    from sdbuild.config.schema import register_configs
-
-    register_configs()
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose(PRIMARY_CONFIG, overrides=overrides)
-
-
 def _build_main(argv: list[str]) -> int:
     if not CONF_DIR.is_dir():
         raise SdbuildError(f"config folder {CONF_DIR} not found", "run sdbuild from its git clone (pip install -e .)")
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    flags = [a for a in argv if a.startswith("-")]
-    if not multirun and not flags:
-        _preflight(argv)
+    preflight(argv)
     import hydra
 
     from sdbuild.config.schema import register_configs
@@ -78,14 +62,6 @@ def _build_main(argv: list[str]) -> int:
     except SystemExit as exc:  # Hydra and _run_build end failed runs this way
         return exc.code if isinstance(exc.code, int) else 1
     return 0
-
-
-def _preflight(overrides: list[str]) -> None:
-    """Compose once up front so config mistakes come out as one clear line, not a Hydra dump."""
-    try:
-        compose_recipe(overrides)
-    except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad recipe
-        raise SdbuildError(describe_config_error(exc), "see README: Recipes and overrides") from exc
 
 
 def _run_build(cfg) -> None:

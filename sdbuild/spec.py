@@ -19,7 +19,8 @@ from sdbuild.attention_choice import check_attention
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 from sdbuild.config.schema import BuildConfig, SourceKind
 from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
-from sdbuild.errors import SdbuildError, describe_config_error
+from sdbuild.config.errors import config_error
+from sdbuild.errors import SdbuildError
 from sdbuild.sources import ResolvedSource, resolve_source
 from sdbuild.stages.chunk import check_chunking
 from sdbuild.stages.compress import check_compression, quantization_identity
@@ -101,7 +102,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
         # Re-merge into the schema: `+key=value` overrides slip past Hydra's struct mode.
         build: BuildConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(BuildConfig), data))
     except OmegaConfBaseException as exc:
-        raise SdbuildError(describe_config_error(exc), "see README: Recipes and overrides") from exc
+        raise config_error(exc) from exc
     components = _check_components(build.components)
     latent = _check_latent(build.latent.height, build.latent.width)
     if build.batch_size not in (1, 2):

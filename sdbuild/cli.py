@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from sdbuild.errors import SdbuildError
+from sdbuild.interrupts import report_interrupt
 from sdbuild.preflight import CONF_DIR, PRIMARY_CONFIG, preflight
 from sdbuild.quiet import silence_progress_bars
 
@@ -31,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
     except SdbuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        return report_interrupt(exc, "nothing was published; run it again to resume from the cache")
 
 
 def _subcommands() -> dict:

@@ -21,6 +21,7 @@ from sdbuild.config.schema import BuildConfig, SourceKind
 from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
 from sdbuild.config.errors import config_error
 from sdbuild.errors import SdbuildError
+from sdbuild.folders import check_folder
 from sdbuild.sources import ResolvedSource, resolve_source
 from sdbuild.stages.chunk import check_chunking
 from sdbuild.stages.compress import check_compression, quantization_identity
@@ -111,6 +112,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
             "use 2 (classifier-free guidance in one UNet call) or 1",
         )
     _check_min_psnr(build.min_psnr)
+    output_root, cache_dir = _check_placement(build)
     target = build.target.minimum_deployment_target.value
     check_compression(build.quantization, target, list(components))
     if build.chunking.enabled:
@@ -148,8 +150,8 @@ def validate(cfg: DictConfig) -> BuildSpec:
         chunking=build.chunking,
         verify=build.verify,
         min_psnr=dict(build.min_psnr),
-        output_root=Path(build.output.dir),
-        cache_dir=Path(build.cache.dir).expanduser() if build.cache.dir else None,
+        output_root=output_root,
+        cache_dir=cache_dir,
         cache_enabled=build.cache.enabled,
     )
 
@@ -184,6 +186,18 @@ def _check_latent(height: int | None, width: int | None) -> tuple[int, int] | No
                 "the UNet halves the latent three times; e.g. 64 for 512 px images",
             )
     return height, width
+
+
+def _check_placement(build: BuildConfig) -> tuple[Path, Path | None]:
+    """The output folder and cache folder; an empty output.dir would build into the working folder."""
+    if not build.output.dir.strip():
+        raise SdbuildError("output.dir is empty", "set output.dir to a folder, e.g. output.dir=outputs")
+    output_root = Path(build.output.dir).expanduser()
+    check_folder(output_root, "output.dir")
+    cache_dir = Path(build.cache.dir).expanduser() if build.cache.dir else None
+    if cache_dir is not None and build.cache.enabled:
+        check_folder(cache_dir, "cache.dir")
+    return output_root, cache_dir
 
 
 def _check_min_psnr(min_psnr: dict[str, float]) -> None:

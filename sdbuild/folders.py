@@ -32,11 +32,17 @@ def make_folder(path: Path, setting: str) -> Path:
     return path
 
 
-def disk_full_error(error: OSError, building: Path) -> SdbuildError | None:
-    """The one-line error for a full disk (or quota) while ``building``; None for other errors."""
-    if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+def disk_full_error(error: BaseException, building: Path) -> SdbuildError | None:
+    """The one-line error for a full disk (or quota) while ``building``; None for other errors.
+
+    Besides OSError's errno, the system's message is looked for: shutil's copy errors and
+    coremltools' C++ writers carry it only as text.
+    """
+    full = (errno.ENOSPC, errno.EDQUOT)
+    if not (getattr(error, "errno", None) in full or any(os.strerror(code) in str(error) for code in full)):
         return None
-    return SdbuildError(f"no space left on device while writing {error.filename or building}; nothing was published",
+    where = getattr(error, "filename", None) or building
+    return SdbuildError(f"no space left on device while writing {where}; nothing was published",
                         "free some space there, or set output.dir / cache.dir to a disk with room")
 
 

@@ -22,6 +22,7 @@ from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
 from sdbuild.config.errors import config_error
 from sdbuild.errors import SdbuildError
 from sdbuild.folders import check_folder
+from sdbuild.package_io import source_date
 from sdbuild.sources import ResolvedSource, resolve_source
 from sdbuild.stages.chunk import check_chunking
 from sdbuild.stages.compress import check_compression, quantization_identity
@@ -98,6 +99,7 @@ def plain_config(cfg: DictConfig) -> dict:
 
 def validate(cfg: DictConfig) -> BuildSpec:
     """Check a composed recipe and resolve its source; raise SdbuildError on the first problem."""
+    source_date()  # a bad SOURCE_DATE_EPOCH breaks library imports: refuse it before any
     data = plain_config(cfg)
     try:
         # Re-merge into the schema: `+key=value` overrides slip past Hydra's struct mode.
@@ -116,7 +118,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
     target = build.target.minimum_deployment_target.value
     check_compression(build.quantization, target, list(components))
     if build.chunking.enabled:
-        check_chunking(build.chunking)
+        check_chunking(build.chunking, components)
 
     source = resolve_source(build.model)
     arch = source.arch

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import shutil
 import tempfile
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -40,7 +41,9 @@ def staging_folder(final: Path):
     try:
         with sigterm_as_interrupt():
             yield holder / "build"
-    except OSError as error:
+    except Exception as error:
+        # Frames of the failed stage may hold temp files; drop them while their folder exists.
+        traceback.clear_frames(error.__traceback__)
         full = disk_full_error(error, final)
         if full is None:
             raise

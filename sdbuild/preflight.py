@@ -60,11 +60,16 @@ def sweep_variants(overrides: list[str]) -> list[list[str]]:
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
+    parser, parsed = OverridesParser.create(), []
+    for override in overrides:  # one at a time, so the message names the bad one
+        try:
+            parsed += parser.parse_overrides([override])
+        except HydraException as exc:
+            raise SdbuildError(f"cannot parse '{override}': {str(exc).strip().splitlines()[0]}", RECIPES_HINT) from exc
     try:
-        parsed = OverridesParser.create().parse_overrides(overrides)
         (variants,) = BasicSweeper.split_arguments(parsed, max_batch_size=None)
-    except HydraException as exc:
-        raise SdbuildError(str(exc).strip().splitlines()[0], RECIPES_HINT) from exc
+    except HydraException as exc:  # a sweep kind the basic sweeper cannot expand (range, interval)
+        raise SdbuildError(str(exc).strip().splitlines()[0], "list the values: key=a,b,c") from exc
     return variants
 
 

@@ -8,6 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TextIO
 
+from sdbuild.interrupts import raise_if_interrupted
+
 
 @dataclass
 class StageTimer:
@@ -26,9 +28,11 @@ class StageTimer:
     @contextmanager
     def stage(self, index: int, component: str, stage: str, detail: str = ""):
         prefix = f"[{index}/{self.total}] {component:<15} {stage:<9}"
+        raise_if_interrupted()
         self._line(f"{prefix} ...{' ' + detail if detail else ''}")
         start = time.perf_counter()
         yield
+        raise_if_interrupted()  # a stage's libraries may have swallowed Ctrl-C or SIGTERM
         seconds = time.perf_counter() - start
         self.timings.setdefault(component, {})[stage] = round(seconds, 3)
         self._line(f"{prefix} done in {seconds:.1f}s")

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sdbuild.folders import disk_full_error, make_folder, owner_died, owner_tag
-from sdbuild.interrupts import sigterm_as_interrupt
+from sdbuild.interrupts import interruptible, raise_if_interrupted
 from sdbuild.manifest import BUILD_INFO_FILE
 from sdbuild.package_io import replace_path
 
@@ -39,7 +39,7 @@ def staging_folder(final: Path):
     (holder / "build").mkdir()
     previous_tempdir, tempfile.tempdir = tempfile.tempdir, str(holder / "tmp")
     try:
-        with sigterm_as_interrupt():
+        with interruptible():
             yield holder / "build"
     except Exception as error:
         # Frames of the failed stage may hold temp files; drop them while their folder exists.
@@ -63,6 +63,7 @@ def remove_abandoned_staging(folder: Path) -> list[Path]:
 
 def publish(staging: Path, final: Path) -> None:
     """Move the complete staging folder to ``final``, replacing an older build of the same id."""
+    raise_if_interrupted()
     replace_path(staging, final)
 
 

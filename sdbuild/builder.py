@@ -66,11 +66,12 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
                f"{spec.deployment_target}) -> {spec.output_dir}")
     started = time.perf_counter()
     with ExitStack() as stack:
+        staging = stack.enter_context(staging_folder(spec.output_dir))  # also holds the temp folder
         if spec.cache_enabled:
             cache = BuildCache(spec.cache_dir or default_cache_dir())
+            cache.remove_abandoned_staging()
         else:  # same code path, with a store that lives for this build only
             cache = BuildCache(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdbuild-"))))
-        staging = stack.enter_context(staging_folder(spec.output_dir))
         components = {
             job.component: _build_component(index, job, spec, cache, timer, staging)
             for index, job in enumerate(jobs, start=1)

@@ -15,7 +15,9 @@ from sdbuild.config.search_path import (  # noqa: F401  (CONF_DIR, compose_recip
     CONF_DIR, PRIMARY_CONFIG, RECIPES_ENV, compose_recipe, recipe_dirs, searchpath_overrides,
 )
 from sdbuild.environ import scoped_environ
-from sdbuild.errors import SdbuildError, describe_config_error
+from sdbuild.errors import SdbuildError
+from sdbuild.interrupts import report_interrupt
+from sdbuild.preflight import preflight
 from sdbuild.progress import quiet_mode
 from sdbuild.quiet import silence_progress_bars
 
@@ -67,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     except SdbuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as exc:
+        return report_interrupt(exc, "nothing was published; run it again to resume from the cache")
 
 
 def _global_options(argv: list[str]) -> tuple[list[str], list[str], bool]:
@@ -92,10 +96,7 @@ def _build_main(argv: list[str]) -> int:
     if not CONF_DIR.is_dir():
         raise SdbuildError(f"config folder {CONF_DIR} not found", "reinstall sdbuild (pip install .)")
     argv = [*argv, *searchpath_overrides(recipe_dirs())]
-    multirun = any(a in ("-m", "--multirun") for a in argv)
-    flags = [a for a in argv if a.startswith("-")]
-    if not multirun and not flags:
-        _preflight(argv)
+    preflight(argv)
     import hydra
 
     from sdbuild.config.schema import register_configs
@@ -108,14 +109,6 @@ def _build_main(argv: list[str]) -> int:
     except SystemExit as exc:  # Hydra and _run_build end failed runs this way
         return exc.code if isinstance(exc.code, int) else 1
     return 0
-
-
-def _preflight(overrides: list[str]) -> None:
-    """Compose once up front so config mistakes come out as one clear line, not a Hydra dump."""
-    try:
-        compose_recipe(overrides)
-    except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad recipe
-        raise SdbuildError(describe_config_error(exc), "see README: Recipes and overrides") from exc
 
 
 def _run_build(cfg) -> None:

@@ -131,7 +131,11 @@ def cache_main(argv: list[str]) -> int:
     parser.add_argument("--older-than-days", type=float, default=None)
     parser.add_argument("--max-gb", type=float, default=None, help="keep the most recently used entries within this size")
     args = parser.parse_args(argv)
-    cache = BuildCache(args.dir or default_cache_dir())
+    root = args.dir or default_cache_dir()
+    if not root.exists():  # looking must not create it
+        print(f"no cache at {root}")
+        return 0
+    cache = BuildCache(root)
     if args.action == "list":
         print(format_entries(cache.entries()))
         return 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import math
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -340,11 +341,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
+        check_targets(args.targets, args.bit_widths)
         run(args, command=" ".join(["python -m sdbuild.mixed_bit", *argv]))
     except SdbuildError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     return 0
+
+
+def check_targets(targets: list[float], bit_widths: list[int]) -> None:
+    """Refuse average bit widths no recipe can reach, before the analysis (minutes at real size)."""
+    lowest = min(bit_widths)
+    for target in targets:
+        if not math.isfinite(target) or not lowest <= target <= FLOAT_BITS:
+            raise SdbuildError(f"--targets {target:g} is not a reachable average: layers get {lowest} to {FLOAT_BITS} bits",
+                               f"give targets from {lowest} to {FLOAT_BITS}, e.g. --targets 3 4 4.5")
 
 
 def run(args: argparse.Namespace, command: str) -> list[Path]:

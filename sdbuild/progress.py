@@ -51,6 +51,8 @@ def _tqdm(*args, **kwargs):
     # disable=False: entry points set TQDM_DISABLE to mute coremltools' per-pass bars, not ours.
     return tqdm(*args, leave=False, disable=False, dynamic_ncols=True, **kwargs)
 
+from sdbuild.interrupts import raise_if_interrupted
+
 
 @dataclass
 class StageTimer:
@@ -75,9 +77,11 @@ class StageTimer:
     @contextmanager
     def stage(self, index: int, component: str, stage: str, detail: str = ""):
         prefix = f"[{index}/{self.total}] {component:<15} {stage:<9}"
+        raise_if_interrupted()
         self._line(f"{prefix} ...{' ' + detail if detail else ''}")
         start = time.perf_counter()
         yield
+        raise_if_interrupted()  # a stage's libraries may have swallowed Ctrl-C or SIGTERM
         seconds = time.perf_counter() - start
         self.timings.setdefault(component, {})[stage] = round(seconds, 3)
         self._line(f"{prefix} done in {seconds:.1f}s")

@@ -20,7 +20,10 @@ from sdbuild.attention_choice import check_attention
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 from sdbuild.config.schema import BuildConfig, MinPsnrConfig, SourceKind
 from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
-from sdbuild.errors import SdbuildError, describe_config_error
+from sdbuild.config.errors import config_error
+from sdbuild.errors import SdbuildError
+from sdbuild.folders import check_folder
+from sdbuild.package_io import source_date
 from sdbuild.sources import ResolvedSource, resolve_source
 from sdbuild.stages.chunk import check_chunking
 from sdbuild.stages.compress import check_compression, quantization_identity
@@ -94,12 +97,13 @@ def plain_config(cfg: DictConfig) -> dict:
 
 def validate(cfg: DictConfig) -> BuildSpec:
     """Check a composed recipe and resolve its source; raise SdbuildError on the first problem."""
+    source_date()  # a bad SOURCE_DATE_EPOCH breaks library imports: refuse it before any
     data = plain_config(cfg)
     try:
         # Re-merge into the schema: `+key=value` overrides slip past Hydra's struct mode.
         build: BuildConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(BuildConfig), data))
     except OmegaConfBaseException as exc:
-        raise SdbuildError(describe_config_error(exc), "see README: Recipes and overrides") from exc
+        raise config_error(exc) from exc
     components = _check_components(build.components)
     latent = _check_latent(build.latent.height, build.latent.width)
     if build.batch_size not in (1, 2):
@@ -108,10 +112,11 @@ def validate(cfg: DictConfig) -> BuildSpec:
             "use 2 (classifier-free guidance in one UNet call) or 1",
         )
     _check_min_psnr(build.min_psnr)
+    output_root, cache_dir = _check_placement(build)
     target = build.target.minimum_deployment_target.value
     check_compression(build.quantization, target, list(components))
     if build.chunking.enabled:
-        check_chunking(build.chunking)
+        check_chunking(build.chunking, components)
 
     source = resolve_source(build.model)
     arch = source.arch
@@ -145,8 +150,8 @@ def validate(cfg: DictConfig) -> BuildSpec:
         chunking=build.chunking,
         verify=build.verify,
         min_psnr=build.min_psnr,
-        output_root=Path(build.output.dir),
-        cache_dir=Path(build.cache.dir).expanduser() if build.cache.dir else None,
+        output_root=output_root,
+        cache_dir=cache_dir,
         cache_enabled=build.cache.enabled,
     )
 
@@ -181,6 +186,18 @@ def _check_latent(height: int | None, width: int | None) -> tuple[int, int] | No
                 "the UNet halves the latent three times; e.g. 64 for 512 px images",
             )
     return height, width
+
+
+def _check_placement(build: BuildConfig) -> tuple[Path, Path | None]:
+    """The output folder and cache folder; an empty output.dir would build into the working folder."""
+    if not build.output.dir.strip():
+        raise SdbuildError("output.dir is empty", "set output.dir to a folder, e.g. output.dir=outputs")
+    output_root = Path(build.output.dir).expanduser()
+    check_folder(output_root, "output.dir")
+    cache_dir = Path(build.cache.dir).expanduser() if build.cache.dir else None
+    if cache_dir is not None and build.cache.enabled:
+        check_folder(cache_dir, "cache.dir")
+    return output_root, cache_dir
 
 
 def _check_min_psnr(min_psnr: MinPsnrConfig) -> None:

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from sdbuild.cli import CONF_DIR, compose_recipe, main
+from sdbuild.cli import main
+from sdbuild.preflight import CONF_DIR, compose_recipe
 from sdbuild.config.schema import BuildConfig
 from sdbuild.errors import SdbuildError
 from sdbuild.spec import validate

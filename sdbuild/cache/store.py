@@ -20,7 +20,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import tempfile
 import time
 import warnings
@@ -33,6 +32,7 @@ from filelock import FileLock, Timeout
 
 from sdbuild.cache.pruning import select_for_pruning
 from sdbuild.errors import SdbuildError
+from sdbuild.folders import make_folder, owner_died, owner_tag
 from sdbuild.package_io import package_digest, replace_path, staging_path
 
 DATA = "data"
@@ -63,8 +63,9 @@ class BuildCache:
         self._entries = self.root / "entries"
         self._locks_dir = self.root / "locks"
         self._staging = self.root / "staging"
+        make_folder(self.root, "cache.dir")
         for folder in (self._entries, self._locks_dir, self._staging):
-            folder.mkdir(parents=True, exist_ok=True)
+            folder.mkdir(exist_ok=True)
         self._locks: dict[str, FileLock] = {}
 
     @staticmethod
@@ -168,9 +169,14 @@ class BuildCache:
             except Timeout:
                 continue
             removed.append(entry)
-        for abandoned in _abandoned_staging_dirs(self._staging):
-            shutil.rmtree(abandoned, ignore_errors=True)
+        self.remove_abandoned_staging()
         return removed
+
+    def remove_abandoned_staging(self) -> None:
+        """Delete staging folders (`<host>-<pid>-<n>`) of processes on this host that no longer run."""
+        for folder in self._staging.iterdir():
+            if owner_died(folder.name.rpartition("-")[0]):
+                shutil.rmtree(folder, ignore_errors=True)
 
     def _entry_dir(self, key: str) -> Path:
         if not isinstance(key, str) or not _KEY_PATTERN.match(key):
@@ -180,7 +186,7 @@ class BuildCache:
     @contextmanager
     def _staging_dir(self) -> Iterator[Path]:
         """A private folder under staging/, named so that prune can tell when its builder died."""
-        folder = Path(tempfile.mkdtemp(dir=self._staging, prefix=f"{socket.gethostname()}-{os.getpid()}-"))
+        folder = Path(tempfile.mkdtemp(dir=self._staging, prefix=f"{owner_tag()}-"))
         try:
             yield folder
         finally:
@@ -272,26 +278,3 @@ def _link_or_copy(src: str | Path, dst: str | Path) -> None:
         os.link(src, dst)
     except OSError:  # another filesystem (EXDEV), or one without hard links
         shutil.copy2(src, dst)
-
-
-def _abandoned_staging_dirs(staging_root: Path) -> list[Path]:
-    """Staging folders of processes on this host that no longer run (killed mid-build)."""
-    host = socket.gethostname()
-    abandoned = []
-    for folder in staging_root.iterdir():
-        name_host, _, rest = folder.name.rpartition("-")[0].rpartition("-")
-        if name_host != host or not rest.isdigit():
-            continue
-        if not _process_alive(int(rest)):
-            abandoned.append(folder)
-    return abandoned
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True  # exists, owned by someone else
-    return True

@@ -7,11 +7,16 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import re
 import sys
 from pathlib import Path
 
 from sdbuild.errors import SdbuildError
+from sdbuild.folders import check_folder, disk_full_error
+from sdbuild.interrupts import report_interrupt
+from sdbuild.package_io import replace_path, staging_path
 from sdbuild.quiet import silence_progress_bars
 from sdbuild.manifest import MANIFEST_FILE
 from sdbuild.progress import quiet_mode
@@ -26,6 +31,28 @@ def latest_build(outputs: Path, recipe: str) -> Path:
         raise SdbuildError(f"no build of recipe '{recipe}' under {outputs}",
                            f"run `make build RECIPE={recipe}` first, or pass --build DIR")
     return max(builds, key=lambda p: (p / MANIFEST_FILE).stat().st_mtime)
+
+
+def check_init_image(path: str) -> None:
+    """A missing or unreadable picture fails before any model is loaded."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, SyntaxError) as error:  # PIL reports some damaged files as SyntaxError
+        raise SdbuildError(f"--init-image {path} is not a readable image ({error})",
+                           "pass a PNG or JPEG file") from None
+
+
+def check_output(path: Path) -> None:
+    """The PNG's folder must be writable before minutes of generation, not after."""
+    if path.is_dir():
+        raise SdbuildError(f"--output {path} is a folder", "give a file name, e.g. --output images/out.png")
+    check_folder(path.parent, "--output")
+    existing = next(p for p in path.absolute().parents if p.exists())
+    if not os.access(existing, os.W_OK):
+        raise SdbuildError(f"--output {path}: cannot write in {existing}", "choose a folder you can write to")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -61,20 +88,42 @@ def main(argv: list[str] | None = None) -> int:
         )
         if settings.steps < 1:
             raise SdbuildError(f"--steps {settings.steps} is not a positive number", "e.g. --steps 25")
+        for flag, value in (("--guidance-scale", args.guidance_scale), ("--strength", args.strength)):
+            if not math.isfinite(value):  # float() accepts nan and inf; they poison every step
+                raise SdbuildError(f"{flag} {value} is not a finite number", f"e.g. {flag} 0.75")
+        if args.init_image:
+            check_init_image(args.init_image)
+        if args.output:
+            check_output(args.output)
         with quiet_mode(args.quiet):
             pipeline = Pipeline(build_dir, backend=args.backend, progress=(lambda text: None) if args.quiet else None)
             image = pipeline.generate(settings)
+        manifest = pipeline.manifest
+        slug = re.sub(r"[^a-z0-9]+", "-", args.prompt.lower()).strip("-")[:48] or "image"
+        output = args.output or args.outputs / "images" / f"{manifest.recipe.name}-{args.seed}-{slug}.png"
+        check_output(output)
+        record = settings_record(settings, manifest, pipeline.backend)
+        _write_image(image, output, json.dumps(record, indent=2, sort_keys=True) + "\n")
     except SdbuildError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from PIL import Image
-
-    manifest = pipeline.manifest
-    slug = re.sub(r"[^a-z0-9]+", "-", args.prompt.lower()).strip("-")[:48] or "image"
-    output = args.output or args.outputs / "images" / f"{manifest.recipe.name}-{args.seed}-{slug}.png"
-    output.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image).save(output)
-    record = settings_record(settings, manifest, pipeline.backend)
-    output.with_suffix(".json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    except KeyboardInterrupt as exc:
+        return report_interrupt(exc, "no image was written")
     print(f"wrote {output} ({image.shape[1]}x{image.shape[0]}) and {output.with_suffix('.json').name}")
     return 0
+
+
+def _write_image(image, output: Path, settings_json: str) -> None:
+    """The PNG and its settings JSON, each renamed into place when complete: never half a file."""
+    from PIL import Image
+
+    writers = ((output, lambda p: Image.fromarray(image).save(p, format="PNG")),
+               (output.with_suffix(".json"), lambda p: p.write_text(settings_json)))
+    try:
+        for path, write in writers:
+            with staging_path(path) as staged:
+                write(staged)
+                replace_path(staged, path)
+    except OSError as error:
+        raise disk_full_error(error, output) or SdbuildError(
+            f"cannot write {output} ({error.strerror or error})", "choose a folder you can write to") from error

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import torch
 from safetensors import SafetensorError
 
@@ -39,13 +41,24 @@ def load_submodel(source: ResolvedSource, folder: str) -> torch.nn.Module:
                 source.root, subfolder=folder, use_safetensors=weights.safetensors,
                 **{dtype_key: torch.float32},
             )
-    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError) as error:
+    # A damaged pickle fails in the unpickler itself (EOFError, UnpicklingError).
+    except (OSError, ValueError, RuntimeError, KeyError, SafetensorError, EOFError, pickle.UnpicklingError) as error:
         names = ", ".join(f"'{path}'" for path in weights.files)
         raise SdbuildError(
             f"could not load {folder} of {source.model_id} from {names} ({_summary(error)})",
             "re-download or re-export the model folder; its config.json must match the weights",
         ) from error
+    _check_finite(model, f"{folder} of {source.model_id}")
     return model.float().eval()
+
+
+def _check_finite(model: torch.nn.Module, what: str) -> None:
+    """NaN or Inf weights convert without complaint and give black images: refuse them here."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            bad = "NaN" if torch.isnan(tensor).any() else "Inf"
+            raise SdbuildError(f"weight '{name}' of {what} contains {bad}",
+                               "the checkpoint is damaged or comes from a diverged training run; re-export it")
 
 
 def _summary(error: Exception, limit: int = 300) -> str:

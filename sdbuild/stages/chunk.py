@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 
@@ -45,8 +45,11 @@ class ChunkInfo:
     interface: dict  # {"inputs": [{name, shape, dtype}], "outputs": [...]}
 
 
-def check_chunking(cfg: ChunkingConfig) -> None:
-    """Checks that need no model: run before any work."""
+def check_chunking(cfg: ChunkingConfig, built: Sequence[str] | None = None) -> None:
+    """Checks that need no model: run before any work (``built``: the build's components)."""
+    if built is not None and not set(built) & set(cfg.components):
+        raise SdbuildError(f"chunking is on, but this build has no component to chunk ({', '.join(cfg.components)})",
+                           "add unet to components, or use chunking=none")
     unknown = [c for c in cfg.components if c not in ALL_COMPONENTS]
     if unknown:
         raise SdbuildError(f"chunking.components names unknown component {', '.join(unknown)}",

@@ -1,36 +1,69 @@
 """Store stage: assemble a build in a staging folder and publish it atomically.
 
-A build is written next to its final place (`.<build-id>.partial-<pid>`) and renamed into place
-only when complete, so an interrupted or failed build never leaves a folder that looks finished.
+A build is written next to its final place, in `.<build-id>.partial-<host>-<pid>/build`, and
+renamed into place only when complete, so an interrupted or failed build never leaves a folder
+that looks finished. Temporary files of the build (coremltools saves a full copy of every
+converted package in the temp folder) go to `.../tmp` beside it, so they are removed with it;
+staging left by a killed process is removed by the next build into the same folder.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
+import tempfile
+import traceback
 from contextlib import contextmanager
 from pathlib import Path
 
+from sdbuild.folders import disk_full_error, make_folder, owner_died, owner_tag
+from sdbuild.interrupts import interruptible, raise_if_interrupted
 from sdbuild.manifest import BUILD_INFO_FILE
 from sdbuild.package_io import replace_path
+
+PARTIAL = ".partial-"
 
 
 @contextmanager
 def staging_folder(final: Path):
-    """Yields an empty staging folder beside ``final``; removed unless published."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    staging = final.parent / f".{final.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
+    """Yields an empty folder to assemble the build of ``final`` in; removed unless published.
+
+    While it is open, temporary files go beside it, SIGTERM unwinds like Ctrl-C, and a full disk
+    is one clear error.
+    """
+    parent = make_folder(final.parent, "output.dir")
+    remove_abandoned_staging(parent)
+    holder = parent / f".{final.name}{PARTIAL}{owner_tag()}"
+    shutil.rmtree(holder, ignore_errors=True)
+    (holder / "tmp").mkdir(parents=True)
+    (holder / "build").mkdir()
+    previous_tempdir, tempfile.tempdir = tempfile.tempdir, str(holder / "tmp")
     try:
-        yield staging
+        with interruptible():
+            yield holder / "build"
+    except Exception as error:
+        # Frames of the failed stage may hold temp files; drop them while their folder exists.
+        traceback.clear_frames(error.__traceback__)
+        full = disk_full_error(error, final)
+        if full is None:
+            raise
+        raise full from error
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        tempfile.tempdir = previous_tempdir
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+def remove_abandoned_staging(folder: Path) -> list[Path]:
+    """Delete the staging folders in ``folder`` whose process died on this host; returns them."""
+    abandoned = [p for p in folder.glob(f".*{PARTIAL}*") if owner_died(p.name.rpartition(PARTIAL)[2])]
+    for path in abandoned:
+        shutil.rmtree(path, ignore_errors=True)
+    return abandoned
 
 
 def publish(staging: Path, final: Path) -> None:
     """Move the complete staging folder to ``final``, replacing an older build of the same id."""
+    raise_if_interrupted()
     replace_path(staging, final)
 
 

@@ -144,7 +144,7 @@ def test_precedence_name_over_type_over_global():
 
 
 def test_grouped_preset_on_an_ios17_recipe_fails_at_validation_before_any_work(tmp_path):
-    from sdbuild.cli import compose_recipe
+    from sdbuild.preflight import compose_recipe
     from sdbuild.spec import validate
 
     cfg = compose_recipe(["recipe=sd2-ane", "model.source=synthetic", "quantization=grouped_kmeans4",

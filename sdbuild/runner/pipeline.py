@@ -49,7 +49,6 @@ class GenerationSettings:
 
 class Pipeline:
     def __init__(self, build_dir: Path, backend: str = "auto", progress=None):
-        self.build_dir = build_dir
         # Schema and every file's hash are checked before anything is loaded, and only the
         # paths that were hashed are loaded.
         self._build = check_build(build_dir).intact()
@@ -64,6 +63,8 @@ class Pipeline:
         # any other file there. SDXL's second text encoder has its own folder only when its
         # tokenizer differs.
         paths = self._build.paths
+        if VOCAB_FILE not in paths:
+            raise SdbuildError(f"the manifest of {build_dir} lists no tokenizer {VOCAB_FILE}", "rebuild the recipe")
         self.tokenizer = CLIPTokenizer.from_pretrained(str(paths[VOCAB_FILE].parent))
         second = paths.get(f"{TOKENIZER_OF[TEXT_ENCODER_2]}/{VOCAB_FILE}")
         self.tokenizer_2 = CLIPTokenizer.from_pretrained(str(second.parent)) if second else self.tokenizer

@@ -136,6 +136,21 @@ REFUSALS = {  # command: (exit code, words)
 }
 
 
+def _drop_tokenizer(build: Path) -> None:
+    """A hand-edited manifest that lists no tokenizer, its files removed to match."""
+    def drop(data):
+        data["tokenizer"] = []
+    edit_manifest(build, drop)
+    for name in ("vocab.json", "merges.txt"):
+        (build / name).unlink()
+
+
+def test_a_build_without_a_tokenizer_is_refused_in_one_line(tiny_build, tmp_path, capsys):
+    code, output = run_on_damaged_copy("run", tiny_build, _drop_tokenizer, tmp_path, capsys)
+    assert code == 2 and len(output.strip().splitlines()) == 1, output
+    assert "lists no tokenizer vocab.json" in output
+
+
 @pytest.mark.parametrize("command", sorted(REFUSALS))
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 def test_a_damaged_build_fails_every_check(damage, command, request, tmp_path, capsys):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from sdbuild.errors import SdbuildError, describe_config_error
+from sdbuild.errors import SdbuildError
 
 if TYPE_CHECKING:
     from sdbuild.builder import BuildResult
@@ -36,14 +36,15 @@ def build(recipe: str, overrides: Iterable[str] = (), recipes: Iterable[str | Pa
 
 def validated_spec(overrides: Iterable[str], recipes: Iterable[str | Path] = ()) -> "BuildSpec":
     """Compose ``overrides`` with the user's recipe folders and validate; writes nothing."""
-    from sdbuild.config.search_path import compose_recipe, recipe_dirs
+    from sdbuild.config.errors import config_error
+    from sdbuild.config.search_path import CONF_DIR, compose_recipe, recipe_dirs
     from sdbuild.spec import validate
 
     dirs = recipe_dirs(recipes)
     try:
         cfg = compose_recipe(list(overrides), dirs)
     except Exception as exc:  # Hydra and OmegaConf raise many types; all mean a bad recipe
-        raise SdbuildError(describe_config_error(exc), "see README: Recipes and overrides; `sdbuild ls` lists options") from exc
+        raise config_error(exc, (CONF_DIR, *dirs)) from exc
     return validate(cfg)
 
 

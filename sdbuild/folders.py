@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 from pathlib import Path
 
 from sdbuild.errors import SdbuildError
+
+# Below this much free space a failed write is taken for a full disk, whatever error it gave.
+FULL_DISK_BYTES = 1 << 20
 
 
 def check_folder(path: Path, setting: str) -> None:
@@ -39,11 +43,19 @@ def disk_full_error(error: BaseException, building: Path) -> SdbuildError | None
     coremltools' C++ writers carry it only as text.
     """
     full = (errno.ENOSPC, errno.EDQUOT)
-    if not (getattr(error, "errno", None) in full or any(os.strerror(code) in str(error) for code in full)):
+    said_full = getattr(error, "errno", None) in full or any(os.strerror(code) in str(error) for code in full)
+    # Some writers (coremltools' C++ package copy) report a full disk as a generic I/O error.
+    if not (said_full or _no_room_at(building)):
         return None
     where = getattr(error, "filename", None) or building
     return SdbuildError(f"no space left on device while writing {where}; nothing was published",
                         "free some space there, or set output.dir / cache.dir to a disk with room")
+
+
+def _no_room_at(path: Path) -> bool:
+    """Whether the filesystem holding ``path`` (or its nearest existing parent) is full."""
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    return existing is not None and shutil.disk_usage(existing).free < FULL_DISK_BYTES
 
 
 def owner_tag() -> str:

@@ -93,7 +93,7 @@ def test_bad_overrides_fail_in_one_line_naming_key_and_choices(overrides, expect
         (["components=[unet,decoder]"], "unknown component 'decoder'"),
         (["components=[]"], "components is empty"),
         (["batch_size=3"], "batch_size=3"),
-        (["min_psnr.vae=30"], "min_psnr.vae: Key 'vae' not in"),
+        (["min_psnr.vae=30"], "unknown key 'min_psnr.vae'"),
         (["model.source=hub", "model.id=null"], "model.source=hub needs model.id"),
         (["model.source=local"], "model.source=local needs model.path"),
         (["model.architecture=sd3"], "unknown architecture 'sd3'"),

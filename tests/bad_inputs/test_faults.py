@@ -250,7 +250,7 @@ def test_kill_9_at_each_stage_loses_nothing_and_next_build_cleans_up(workspace):
         status, stderr = interrupt_at(args, workspace, _stage_line(stage))
         assert status == -signal.SIGKILL, stderr[-2000:]
         for build in published_builds(workspace.out):  # killed after the rename: a whole build
-            assert check_build(build)[1] == []
+            assert check_build(build).problems == []
         entries = workspace.cache / "entries"
         assert_cache_sound_ignoring_staging(workspace.cache)
         assert entries.exists()
@@ -259,7 +259,7 @@ def test_kill_9_at_each_stage_loses_nothing_and_next_build_cleans_up(workspace):
     assert result.returncode == 0, result.stderr[-3000:]
     assert staging_left(workspace.out) == []
     (build,) = published_builds(workspace.out)
-    assert check_build(build)[1] == []
+    assert check_build(build).problems == []
     assert_cache_sound(workspace.cache)
     assert list(workspace.tmp.iterdir()) == [], "conversion temp files went to the build's staging"
 

@@ -257,7 +257,7 @@ BAD_GATES = [
     (["min_psnr.default=nan"], ["min_psnr.default=nan is not a usable threshold", "min_psnr.default=35"]),
     (["min_psnr.chunks=inf"], ["min_psnr.chunks=inf is not a usable threshold", "min_psnr.chunks=60"]),
     (["min_psnr.vae_decoder=-inf"], ["min_psnr.vae_decoder=-inf", "finite number of dB"]),
-    (["min_psnr.vae=30"], ["min_psnr.vae", "not in"]),
+    (["min_psnr.vae=30"], ["unknown key 'min_psnr.vae'", "vae_decoder"]),
     (["min_psnr.unet=abc"], ["min_psnr.unet"]),
 ]
 

@@ -7,10 +7,13 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import socket
 from pathlib import Path
 
 from sdbuild.errors import SdbuildError
+
+_NEARLY_FULL_BYTES = 1 << 20  # less free space than this, after a failed write, means the disk is full
 
 
 def check_folder(path: Path, setting: str) -> None:
@@ -35,15 +38,23 @@ def make_folder(path: Path, setting: str) -> Path:
 def disk_full_error(error: BaseException, building: Path) -> SdbuildError | None:
     """The one-line error for a full disk (or quota) while ``building``; None for other errors.
 
-    Besides OSError's errno, the system's message is looked for: shutil's copy errors and
-    coremltools' C++ writers carry it only as text.
+    Besides OSError's errno, the system's message is looked for: shutil's copy errors carry it
+    only as text. coremltools' C++ package writer reports a full disk as a generic filesystem
+    error (even EIO), so for those the free space of the build's disk decides.
     """
     full = (errno.ENOSPC, errno.EDQUOT)
-    if not (getattr(error, "errno", None) in full or any(os.strerror(code) in str(error) for code in full)):
+    said = getattr(error, "errno", None) in full or any(os.strerror(code) in str(error) for code in full)
+    filesystem_error = isinstance(error, OSError) or "filesystem error" in str(error)
+    if not (said or (filesystem_error and _free_bytes(building) < _NEARLY_FULL_BYTES)):
         return None
     where = getattr(error, "filename", None) or building
     return SdbuildError(f"no space left on device while writing {where}; nothing was published",
                         "free some space there, or set output.dir / cache.dir to a disk with room")
+
+
+def _free_bytes(path: Path) -> int:
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return shutil.disk_usage(existing).free
 
 
 def owner_tag() -> str:

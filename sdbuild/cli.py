@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 from sdbuild.errors import SdbuildError
 from sdbuild.interrupts import report_interrupt

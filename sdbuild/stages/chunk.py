@@ -47,13 +47,13 @@ class ChunkInfo:
 
 def check_chunking(cfg: ChunkingConfig, built: Sequence[str] | None = None) -> None:
     """Checks that need no model: run before any work (``built``: the build's components)."""
-    if built is not None and not set(built) & set(cfg.components):
-        raise SdbuildError(f"chunking is on, but this build has no component to chunk ({', '.join(cfg.components)})",
-                           "add unet to components, or use chunking=none")
     unknown = [c for c in cfg.components if c not in ALL_COMPONENTS]
     if unknown:
         raise SdbuildError(f"chunking.components names unknown component {', '.join(unknown)}",
                            f"allowed: {', '.join(ALL_COMPONENTS)}")
+    if built is not None and not set(built) & set(cfg.components):
+        raise SdbuildError(f"chunking is on, but this build has no component to chunk ({', '.join(cfg.components)})",
+                           "add unet to components, or use chunking=none")
     if cfg.num_chunks < 2:
         raise SdbuildError(f"chunking.num_chunks={cfg.num_chunks} makes no chunks", "use 2 or more, or chunking=none")
     if cfg.max_chunk_weight_mb <= 0:

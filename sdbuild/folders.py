@@ -13,8 +13,7 @@ from pathlib import Path
 
 from sdbuild.errors import SdbuildError
 
-# Below this much free space a failed write is taken for a full disk, whatever error it gave.
-FULL_DISK_BYTES = 1 << 20
+_NEARLY_FULL_BYTES = 1 << 20  # less free space than this, after a failed write, means the disk is full
 
 
 def check_folder(path: Path, setting: str) -> None:
@@ -39,23 +38,23 @@ def make_folder(path: Path, setting: str) -> Path:
 def disk_full_error(error: BaseException, building: Path) -> SdbuildError | None:
     """The one-line error for a full disk (or quota) while ``building``; None for other errors.
 
-    Besides OSError's errno, the system's message is looked for: shutil's copy errors and
-    coremltools' C++ writers carry it only as text.
+    Besides OSError's errno, the system's message is looked for: shutil's copy errors carry it
+    only as text. coremltools' C++ package writer reports a full disk as a generic filesystem
+    error (even EIO), so for those the free space of the build's disk decides.
     """
     full = (errno.ENOSPC, errno.EDQUOT)
-    said_full = getattr(error, "errno", None) in full or any(os.strerror(code) in str(error) for code in full)
-    # Some writers (coremltools' C++ package copy) report a full disk as a generic I/O error.
-    if not (said_full or _no_room_at(building)):
+    said = getattr(error, "errno", None) in full or any(os.strerror(code) in str(error) for code in full)
+    filesystem_error = isinstance(error, OSError) or "filesystem error" in str(error)
+    if not (said or (filesystem_error and _free_bytes(building) < _NEARLY_FULL_BYTES)):
         return None
     where = getattr(error, "filename", None) or building
     return SdbuildError(f"no space left on device while writing {where}; nothing was published",
                         "free some space there, or set output.dir / cache.dir to a disk with room")
 
 
-def _no_room_at(path: Path) -> bool:
-    """Whether the filesystem holding ``path`` (or its nearest existing parent) is full."""
-    existing = next((p for p in (path, *path.parents) if p.exists()), None)
-    return existing is not None and shutil.disk_usage(existing).free < FULL_DISK_BYTES
+def _free_bytes(path: Path) -> int:
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    return shutil.disk_usage(existing).free
 
 
 def owner_tag() -> str:

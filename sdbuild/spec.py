@@ -97,7 +97,7 @@ def plain_config(cfg: DictConfig) -> dict:
 
 def validate(cfg: DictConfig) -> BuildSpec:
     """Check a composed recipe and resolve its source; raise SdbuildError on the first problem."""
-    source_date()  # a bad SOURCE_DATE_EPOCH breaks library imports: refuse it before any
+    source_date()  # a bad SOURCE_DATE_EPOCH also breaks library imports (diffusers): refuse it first
     data = plain_config(cfg)
     try:
         # Re-merge into the schema: `+key=value` overrides slip past Hydra's struct mode.

@@ -16,6 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sdbuild.attention_choice import check_attention
+from sdbuild.cache.remote import check_remote_config
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 from sdbuild.config.schema import BuildConfig, SourceKind
 from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
@@ -49,6 +50,8 @@ class BuildSpec:
     output_root: Path
     cache_dir: Path | None
     cache_enabled: bool
+    cache_remote: str | None  # an fsspec URL shared between machines, or None
+    cache_remote_options: dict
 
     @property
     def arch(self) -> ArchInfo:
@@ -114,6 +117,8 @@ def validate(cfg: DictConfig) -> BuildSpec:
     check_compression(build.quantization, target, list(components))
     if build.chunking.enabled:
         check_chunking(build.chunking)
+    if build.cache.remote:
+        check_remote_config(build.cache.remote, data["cache"]["remote_options"])
 
     source = resolve_source(build.model)
     arch = source.arch
@@ -150,6 +155,8 @@ def validate(cfg: DictConfig) -> BuildSpec:
         output_root=Path(build.output.dir),
         cache_dir=Path(build.cache.dir).expanduser() if build.cache.dir else None,
         cache_enabled=build.cache.enabled,
+        cache_remote=build.cache.remote,
+        cache_remote_options=dict(data["cache"]["remote_options"]),
     )
 
 

@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 import sys
 import tarfile
@@ -32,9 +33,10 @@ from urllib.parse import urlsplit
 from sdbuild.errors import SdbuildError
 from sdbuild.package_io import package_digest
 
-_DATA = "data"  # the archive member holding the entry's data, as in the local tier
+_DATA = "data"  # the archive member holding the entry's data
 _INDEX_FIELDS = {"key", "archive", "sha256", "bytes", "record"}
 _CHUNK = 8 << 20
+_ARCHIVE_MISSING = "its archive is missing"
 # Option names that carry secrets in fsspec backends (s3fs key/secret/token, gcsfs token, adlfs
 # account_key/sas_token, ...). The cache config is recorded in build-info.json, so they are refused.
 _SECRET_OPTION = re.compile(r"^(key|secret|token|password)$|secret|password|token|access_key|account_key|"
@@ -91,52 +93,57 @@ class RemoteStore:
         self._failed = False
         self._check_reachable()
 
-    def download(self, key: str, into: Path) -> dict | None:
-        """Fetch the entry ``key`` into ``into/data`` and return its record, or None when the remote
-        has no sound entry (a damaged one is reported, and replaced by the next upload)."""
+    def download(self, key: str, data: Path) -> dict | None:
+        """Fetch the data of entry ``key`` to ``data`` (a path in a scratch folder, not yet there)
+        and return its record, or None when the remote has no sound entry (a damaged one is
+        reported, and replaced by the next upload)."""
         if self._failed:
             return None
         try:
-            for _attempt in range(2):  # a concurrent publisher may replace the archive between our reads
-                index = self._read_index(key)
-                if index is None:
-                    return None
-                problem = self._fetch_archive(index, into)
-                if problem is None:
-                    return index["record"]
-                if problem != "its archive is missing" or self._read_index(key) == index:
-                    break
-            self._damaged[key] = index.get("archive")
-            _warn(f"remote cache entry {key} in {self.url} is corrupt ({problem}); rebuilding it")
-            return None
-        except _IndexDamaged as damaged:
-            self._damaged[key] = None
-            _warn(f"remote cache entry {key} in {self.url} is corrupt ({damaged}); rebuilding it")
-            return None
+            index, problem = self._fetch(key, data)
         except Exception as error:  # noqa: BLE001 - the remote is an accelerator: a failure must not lose the build
             self._give_up("read", error)
             return None
+        if problem is None:
+            return index and index["record"]
+        self._damaged[key] = index and index["archive"]
+        _warn(f"remote cache entry {key} in {self.url} is corrupt ({problem}); rebuilding it")
+        return None
 
-    def upload(self, key: str, entry_dir: Path, workdir: Path) -> None:
-        """Publish the local entry in ``entry_dir`` (its ``data`` and record), unless another machine
-        already did; a damaged remote entry is replaced."""
+    def _fetch(self, key: str, data: Path) -> tuple[dict | None, str | None]:
+        """The remote's index of ``key`` (None: absent or unreadable) and what is wrong with the
+        entry (None: its data is at ``data``, checked)."""
+        try:
+            index = self._read_index(key)
+            if index is None:
+                return None, None
+            problem = self._fetch_archive(index, data)
+            if problem == _ARCHIVE_MISSING and (newer := self._read_index(key)) not in (None, index):
+                # A concurrent publisher replaced the entry between our two reads: take the new one.
+                index, problem = newer, self._fetch_archive(newer, data)
+            return index, problem
+        except _IndexDamaged as damaged:
+            return None, str(damaged)
+
+    def upload(self, key: str, data: Path, record: dict, workdir: Path) -> None:
+        """Publish a local entry (its data and record), unless another machine already did; a
+        damaged remote entry is replaced. ``workdir`` is an empty scratch folder."""
         if self._failed:
             return
         try:
-            self._upload(key, entry_dir, workdir)
+            self._upload(key, data, record, workdir)
         except Exception as error:  # noqa: BLE001 - the local entry is complete; sharing it is best effort
             self._give_up("write", error)
 
-    def _upload(self, key: str, entry_dir: Path, workdir: Path) -> None:
+    def _upload(self, key: str, data: Path, record: dict, workdir: Path) -> None:
         replacing = key in self._damaged
         damaged_archive = self._damaged.pop(key, None)
         index_path = self._index_path(key)
         if not replacing and self._fs.exists(index_path):
             return  # another machine built and published it while we did
-        record = json.loads((entry_dir / "record.json").read_text())
         archive_file = workdir / "entry.tar"
         with tarfile.open(archive_file, "w") as tar:
-            tar.add(entry_dir / _DATA, arcname=_DATA)
+            tar.add(data, arcname=_DATA)
         archive = f"archives/{key}/{self._token}.tar"
         self._write_parents(f"{self._root}/{archive}")
         self._fs.put_file(str(archive_file), f"{self._root}/{archive}")
@@ -180,34 +187,44 @@ class RemoteStore:
             raise _IndexDamaged("its index has no data digest")
         return index
 
-    def _fetch_archive(self, index: dict, into: Path) -> str | None:
-        """Download, check and unpack the archive an index names; what is wrong, or None."""
-        local = into / "entry.tar"
+    def _fetch_archive(self, index: dict, data: Path) -> str | None:
+        """Download, check and unpack the archive an index names to ``data``; what is wrong, or None."""
+        archive = data.parent / f"{data.name}.tar"
+        unpacked = data.parent / f"{data.name}.unpacked"
+        try:
+            problem = self._download_checked(index, archive)
+            if problem is not None:
+                return problem
+            try:
+                with tarfile.open(archive) as tar:
+                    tar.extractall(unpacked, filter="data")
+            except (tarfile.TarError, OSError) as error:
+                return f"its archive does not unpack: {_one_line(error)}"
+            if not (unpacked / _DATA).exists():
+                return "its archive holds no data"
+            if package_digest(unpacked / _DATA) != index["record"]["digest"]:
+                return "its data differs from the recorded digest"
+            os.replace(unpacked / _DATA, data)
+            return None
+        finally:
+            archive.unlink(missing_ok=True)
+            shutil.rmtree(unpacked, ignore_errors=True)
+
+    def _download_checked(self, index: dict, archive: Path) -> str | None:
+        """Copy the archive to ``archive``, hashing it on the way; what is wrong, or None."""
         digest = hashlib.sha256()
         try:
-            with self._fs.open(f"{self._root}/{index['archive']}", "rb") as src, open(local, "wb") as dst:
+            with self._fs.open(f"{self._root}/{index['archive']}", "rb") as src, open(archive, "wb") as dst:
                 while chunk := src.read(_CHUNK):
                     digest.update(chunk)
                     dst.write(chunk)
         except FileNotFoundError:
-            return "its archive is missing"
-        size = local.stat().st_size
+            return _ARCHIVE_MISSING
+        size = archive.stat().st_size
         if size != index["bytes"]:
             return f"its archive has {size} bytes, the index says {index['bytes']}"
         if digest.hexdigest() != index["sha256"]:
             return f"its archive's sha256 {digest.hexdigest()[:12]}... differs from the index's {index['sha256'][:12]}..."
-        try:
-            with tarfile.open(local) as tar:
-                tar.extractall(into, filter="data")
-        except (tarfile.TarError, OSError) as error:
-            return f"its archive does not unpack: {_one_line(error)}"
-        finally:
-            local.unlink()
-        data = into / _DATA
-        if not data.exists():
-            return "its archive holds no data"
-        if package_digest(data) != index["record"]["digest"]:
-            return "its data differs from the recorded digest"
         return None
 
     def _publish(self, path: str, content: bytes) -> None:

@@ -144,7 +144,7 @@ class BuildCache:
                 entry = self._commit(key, staging, meta)
             if self.remote is not None:
                 with self._staging_dir() as workdir:
-                    self.remote.upload(key, entry.parent, workdir)
+                    self.remote.upload(key, entry, _read_record(entry.parent), workdir)
             return entry, False
 
     def _download(self, key: str) -> Path | None:
@@ -152,7 +152,7 @@ class BuildCache:
         if self.remote is None:
             return None
         with self._staging_dir() as staging:
-            record = self.remote.download(key, staging)
+            record = self.remote.download(key, staging / DATA)
             if record is None:
                 return None
             return self._commit(key, staging, record["meta"], digest=record["digest"])

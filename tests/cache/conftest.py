@@ -29,6 +29,11 @@ def s3_endpoint():
 
 
 @pytest.fixture
+def fake_aws() -> dict[str, str]:
+    return FAKE_AWS
+
+
+@pytest.fixture
 def aws_env(monkeypatch, tmp_path):
     """Fake credentials in the environment, and no profile files of the machine running the tests."""
     from s3fs import S3FileSystem
@@ -66,3 +71,17 @@ def file_remote(tmp_path) -> tuple[str, dict]:
 def remote(request) -> tuple[str, dict]:
     """Each test using it runs against both kinds of store."""
     return request.getfixturevalue(f"{request.param}_remote")
+
+
+def read_remote(remote: tuple[str, dict]) -> dict[str, str | bytes]:
+    """Every object of a remote store: path relative to its root -> bytes."""
+    import fsspec
+
+    url, options = remote
+    fs, root = fsspec.core.url_to_fs(url, **options)
+    return {path[len(root):]: fs.cat_file(path) for path in fs.find(root)}
+
+
+@pytest.fixture
+def remote_objects():
+    return read_remote

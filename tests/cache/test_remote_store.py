@@ -34,23 +34,17 @@ def machine(tmp_path: Path, name: str, remote: tuple[str, dict]) -> BuildCache:
     return BuildCache(tmp_path / name, remote=RemoteStore(url, options))
 
 
-def remote_files(remote: tuple[str, dict]) -> dict[str, bytes]:
-    url, options = remote
-    fs, root = fsspec.core.url_to_fs(url, **options)
-    return {path[len(root):]: fs.cat_file(path) for path in fs.find(root)}
-
-
 def tree(path: Path) -> dict[str, bytes]:
     return {p.relative_to(path).as_posix(): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
 
 
-def test_second_machine_downloads_instead_of_building(tmp_path, remote):
+def test_second_machine_downloads_instead_of_building(tmp_path, remote, remote_objects):
     built, hit = machine(tmp_path, "a", remote).get_or_create(KEY, write_result)
     assert not hit
     fetched, hit = machine(tmp_path, "b", remote).get_or_create(KEY, forbidden)
     assert hit and tree(fetched) == tree(built)
     assert fetched.is_relative_to(tmp_path / "b")  # now in machine B's local tier
-    index = json.loads(remote_files(remote)[f"/index/{KEY}.json"])
+    index = json.loads(remote_objects(remote)[f"/index/{KEY}.json"])
     assert index["record"]["meta"] == {"component": "unet"}
 
 
@@ -123,11 +117,11 @@ def test_unusable_remote_fails_before_any_work_in_one_line(tmp_path, s3_remote, 
         RemoteStore(url, options)
 
 
-def test_endpoint_from_aws_endpoint_url(tmp_path, s3_remote, monkeypatch):
+def test_endpoint_from_aws_endpoint_url(tmp_path, s3_remote, remote_objects, monkeypatch):
     url, options = s3_remote
     monkeypatch.setenv("AWS_ENDPOINT_URL", options["endpoint_url"])
     machine(tmp_path, "a", (url, {})).get_or_create(KEY, write_result)
-    assert f"/index/{KEY}.json" in remote_files(s3_remote)
+    assert f"/index/{KEY}.json" in remote_objects(s3_remote)
 
 
 def test_remote_that_fails_mid_build_leaves_the_local_build_whole(tmp_path, file_remote, capsys):

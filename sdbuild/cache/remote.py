@@ -143,7 +143,7 @@ class RemoteStore:
             return  # another machine built and published it while we did
         archive_file = workdir / "entry.tar"
         with tarfile.open(archive_file, "w") as tar:
-            tar.add(data, arcname=_DATA)
+            tar.add(data, arcname=_DATA, filter=_anonymous)
         archive = f"archives/{key}/{self._token}.tar"
         self._write_parents(f"{self._root}/{archive}")
         self._fs.put_file(str(archive_file), f"{self._root}/{archive}")
@@ -248,6 +248,13 @@ class RemoteStore:
         self._failed = True
         _warn(f"cannot {action} the remote cache {self.url} ({_one_line(error)}); "
               "continuing with the local cache only")
+
+
+def _anonymous(member: tarfile.TarInfo) -> tarfile.TarInfo:
+    """Shared archives do not name the user who built them."""
+    member.uid = member.gid = 0
+    member.uname = member.gname = ""
+    return member
 
 
 class _IndexDamaged(Exception):

@@ -173,3 +173,21 @@ def test_two_machines_building_one_key_at_once_both_succeed(tmp_path, remote):
         assert "warning" not in err
     fetched, hit = machine(tmp_path, "c", remote).get_or_create(KEY, forbidden)
     assert hit and (fetched / "weight.bin").read_bytes() == b"w" * 100_000
+
+
+def test_remote_is_placement_and_refuses_credentials_in_config(tmp_path, fake_aws, capsys):
+    from sdbuild.cli import compose_recipe, main
+    from sdbuild.spec import validate
+
+    shared = validate(compose_recipe(["cache.remote=s3://bucket/cache",
+                                      "+cache.remote_options.endpoint_url=http://127.0.0.1:9"]))
+    assert shared.build_id == validate(compose_recipe([])).build_id
+    secret = fake_aws["AWS_SECRET_ACCESS_KEY"]
+    for overrides in (["cache.remote=s3://bucket/cache", f"+cache.remote_options.secret={secret}"],
+                      ["cache.remote=s3://bucket/cache", f"+cache.remote_options.client_kwargs.aws_secret_access_key={secret}"],
+                      [f"cache.remote=s3://AKIA:{secret}@bucket/cache"]):
+        assert main([*overrides, f"output.dir={tmp_path / 'out'}", f"cache.dir={tmp_path / 'cache'}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and secret not in err, err
+        assert "credential" in err
+    assert not (tmp_path / "out").exists()

@@ -52,7 +52,8 @@ def build_files(build: Path) -> dict[str, str]:
 
 def builds_in(output_dir: str) -> dict[str, Path]:
     """Build id -> build folder, for every build under output_dir."""
-    return {p.name: p for p in Path(output_dir).glob("*/*") if p.is_dir() and not p.name.startswith(".")}
+    return {p.name: p for p in Path(output_dir).glob("*/*")
+            if p.is_dir() and not p.name.startswith(".") and not p.parent.name.startswith(".")}  # not .sweeps/
 
 
 def only_build(output_dir: str) -> Path:

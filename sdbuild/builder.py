@@ -22,6 +22,7 @@ import numpy as np
 
 from sdbuild import __version__
 from sdbuild.cache import BuildCache
+from sdbuild.cache.remote import RemoteStore
 from sdbuild.contract import VERSION_METADATA_KEY, Interface
 from sdbuild.errors import SdbuildError
 from sdbuild.manifest import (
@@ -68,9 +69,10 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
     with ExitStack() as stack:
         staging = stack.enter_context(staging_folder(spec.output_dir))  # also holds the temp folder
         if spec.cache_enabled:
-            cache = BuildCache(spec.cache_dir or default_cache_dir())
+            remote = RemoteStore(spec.cache_remote, spec.cache_remote_options) if spec.cache_remote else None
+            cache = BuildCache(spec.cache_dir or default_cache_dir(), remote=remote)
             cache.remove_abandoned_staging()
-        else:  # same code path, with a store that lives for this build only
+        else:  # same code path, with a store that lives for this build only (and no remote)
             cache = BuildCache(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdbuild-"))))
         components = {
             job.component: _build_component(index, job, spec, cache, timer, staging)

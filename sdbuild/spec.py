@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sdbuild.attention_choice import check_attention
+from sdbuild.cache.remote import check_remote_config
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 from sdbuild.config.schema import BuildConfig, MinPsnrConfig, SourceKind
 from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
@@ -53,6 +54,8 @@ class BuildSpec:
     output_root: Path
     cache_dir: Path | None
     cache_enabled: bool
+    cache_remote: str | None  # an fsspec URL shared between machines, or None
+    cache_remote_options: dict
 
     @property
     def arch(self) -> ArchInfo:
@@ -117,6 +120,8 @@ def validate(cfg: DictConfig) -> BuildSpec:
     check_compression(build.quantization, target, list(components))
     if build.chunking.enabled:
         check_chunking(build.chunking, components)
+    if build.cache.remote:
+        check_remote_config(build.cache.remote, data["cache"]["remote_options"])
 
     source = resolve_source(build.model)
     arch = source.arch
@@ -153,6 +158,8 @@ def validate(cfg: DictConfig) -> BuildSpec:
         output_root=output_root,
         cache_dir=cache_dir,
         cache_enabled=build.cache.enabled,
+        cache_remote=build.cache.remote,
+        cache_remote_options=dict(data["cache"]["remote_options"]),
     )
 
 

@@ -11,6 +11,9 @@ Layout under the root::
 An entry appears by renaming a complete staging folder into ``entries/``, so readers never see a
 half-written one; every ``get`` re-hashes the data, so an entry damaged afterwards (a write
 through a hard link, a truncated file) is reported and evicted instead of used.
+
+With a ``remote`` (sdbuild.cache.remote), ``get_or_create`` looks locally, then remotely (the
+entry is downloaded, hash-checked and committed locally), and only then builds and uploads.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from sdbuild.cache.pruning import select_for_pruning
+from sdbuild.cache.remote import RemoteStore
 from sdbuild.errors import SdbuildError
 from sdbuild.folders import make_folder, owner_died, owner_tag
 from sdbuild.package_io import package_digest, replace_path, staging_path
@@ -58,8 +62,9 @@ class CacheEntry:
 
 
 class BuildCache:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, remote: RemoteStore | None = None):
         self.root = Path(root).expanduser()
+        self.remote = remote
         self._entries = self.root / "entries"
         self._locks_dir = self.root / "locks"
         self._staging = self.root / "staging"
@@ -126,17 +131,32 @@ class BuildCache:
             yield
 
     def get_or_create(self, key: str, create: Callable[[Path], dict]) -> tuple[Path, bool]:
-        """The entry for ``key`` and whether it was a hit; on a miss ``create(folder)`` writes the
-        result into an empty folder and returns its meta. The key's lock is held throughout, so
-        concurrent builders create each entry once."""
+        """The entry for ``key`` and whether it was a hit (local or remote); on a miss
+        ``create(folder)`` writes the result into an empty folder and returns its meta, and the
+        entry is uploaded to the remote. The key's lock is held throughout, so concurrent builders
+        on this machine create each entry once."""
         with self.locked(key):
-            hit = self.get(key)
+            hit = self.get(key) or self._download(key)
             if hit is not None:
                 return hit, True
             with self._staging_dir() as staging:
                 (staging / DATA).mkdir()
                 meta = create(staging / DATA)
-                return self._commit(key, staging, meta), False
+                entry = self._commit(key, staging, meta)
+            if self.remote is not None:
+                with self._staging_dir() as workdir:
+                    self.remote.upload(key, entry, _read_record(entry.parent), workdir)
+            return entry, False
+
+    def _download(self, key: str) -> Path | None:
+        """The remote's entry for ``key``, committed to this cache once its hashes check out."""
+        if self.remote is None:
+            return None
+        with self._staging_dir() as staging:
+            record = self.remote.download(key, staging / DATA)
+            if record is None:
+                return None
+            return self._commit(key, staging, record["meta"], digest=record["digest"])
 
     def materialize(self, entry: Path, dest: Path) -> None:
         """Place a stored result at ``dest``: hard links on the same filesystem, else copies.
@@ -192,15 +212,16 @@ class BuildCache:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
 
-    def _commit(self, key: str, staging: Path, meta: dict) -> Path:
-        """Seal the result in ``staging`` and rename it into place as the entry for ``key``."""
+    def _commit(self, key: str, staging: Path, meta: dict, digest: str | None = None) -> Path:
+        """Seal the result in ``staging`` and rename it into place as the entry for ``key``;
+        ``digest`` is the data's, when the caller has just checked it."""
         if not isinstance(meta, dict):
             raise TypeError(f"meta of cache entry {key} must be a dict, not {type(meta).__name__}")
         data = staging / DATA
         record = {
             "key": key,
             "stage": _KEY_PATTERN.match(key)["stage"],
-            "digest": package_digest(data),
+            "digest": digest or package_digest(data),
             "bytes": _size(data),
             "created": time.time(),
             "meta": meta,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 
@@ -81,6 +81,10 @@ class OutputConfig:
 class CacheConfig:
     enabled: bool = True
     dir: Optional[str] = None  # None: the user cache directory (e.g. ~/.cache/sdbuild)
+    # A second tier shared between machines: an fsspec URL (s3://bucket/prefix, file:///nfs/cache).
+    remote: Optional[str] = None
+    # fsspec filesystem options (endpoint_url, profile, ...); credentials come from the environment.
+    remote_options: Dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

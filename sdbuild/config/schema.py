@@ -84,6 +84,16 @@ class CacheConfig:
 
 
 @dataclass
+class SweepConfig:
+    """How a multirun (`-m`) reports its variants; read once at the end of the sweep."""
+
+    preview: bool = False  # render one image per successful variant into sweep-previews.png
+    prompt: str = "a photo of an astronaut riding a horse"
+    seed: int = 93
+    steps: int = 4
+
+
+@dataclass
 class BuildConfig:
     name: str = "unnamed"
     description: str = ""
@@ -102,6 +112,7 @@ class BuildConfig:
     min_psnr: Dict[str, float] = field(default_factory=lambda: {"default": 35.0})
     output: OutputConfig = field(default_factory=OutputConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:

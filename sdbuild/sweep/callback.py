@@ -31,6 +31,6 @@ class SweepReport(Callback):
         if failed:
             print(f"error: {len(failed)} of {len(rows)} variants failed:", file=sys.stderr)
             for row in failed:
-                print(f"  {row.label}: {row.record.reason}", file=sys.stderr)
+                print(f"  variant {row.record.num} ({row.label}): {row.record.reason}", file=sys.stderr)
             # Hydra passes SystemExit through (it catches Exception only): the sweep exits 1.
             sys.exit(1)

@@ -30,20 +30,22 @@ class VariantRow:
     avg_bits: float | None = None  # average bits per weight over every component's weights
     seconds: float | None = None
     cache_hits: str = ""  # "hits/lookups" of the stage cache when it was built
+    label: str = ""  # the overrides that set this variant apart from the others
 
     @property
     def ok(self) -> bool:
         return self.record.status == "ok"
 
-    @property
-    def label(self) -> str:
-        return " ".join(self.record.overrides) or "(recipe as is)"
-
 
 def read_rows(sweep_dir: Path) -> list[VariantRow]:
     """One row per variant of the sweep, in job order."""
-    records = [VariantRecord.read(path.parent) for path in sweep_dir.glob(f"*/{RECORD_FILE}")]
-    return [_row(record) for record in sorted(records, key=lambda r: r.num)]
+    records = sorted((VariantRecord.read(path.parent) for path in sweep_dir.glob(f"*/{RECORD_FILE}")),
+                     key=lambda r: r.num)
+    shared = set.intersection(*(set(r.overrides) for r in records)) if len(records) > 1 else set()
+    rows = [_row(record) for record in records]
+    for row in rows:
+        row.label = " ".join(o for o in row.record.overrides if o not in shared) or "(recipe as is)"
+    return rows
 
 
 def _row(record: VariantRecord) -> VariantRow:
@@ -84,7 +86,7 @@ def table(rows: list[VariantRow]) -> tuple[list[str], list[list[str]]]:
                *(f"{c}_mb" for c in components), "avg_bits",
                *(f"{c}_psnr_db" for c in components), "seconds", "cache_hits", "reason"]
     body = [
-        [str(row.record.num), row.label, row.record.build_id, row.record.status,
+        [str(row.record.num), " ".join(row.record.overrides), row.record.build_id, row.record.status,
          *(_number(row.component_mb.get(c), 3) for c in components), _number(row.avg_bits, 2),
          *(_number(row.component_psnr_db.get(c), 2) for c in components),
          _number(row.seconds, 1), row.cache_hits, row.record.reason]
@@ -125,8 +127,9 @@ def write_markdown(rows: list[VariantRow], path: Path, extra: list[str]) -> None
 
 
 def summary(rows: list[VariantRow]) -> str:
-    """The table printed at the end of a sweep."""
-    headers, body = table(rows)
-    keep = [headers.index(h) for h in ("variant", "overrides", "status", "unet_mb", "unet_psnr_db", "seconds")
-            if h in headers]
-    return format_table([headers[i] for i in keep], [[cells[i] for i in keep] for cells in body])
+    """The table printed at the end of a sweep: what sets each variant apart, and how it went."""
+    return format_table(
+        ["variant", "overrides", "status", "unet MB", "unet PSNR dB", "seconds"],
+        [[str(r.record.num), r.label, r.record.status, _number(r.component_mb.get("unet"), 3),
+          _number(r.component_psnr_db.get("unet"), 2), _number(r.seconds, 1)] for r in rows],
+    )

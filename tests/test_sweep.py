@@ -130,7 +130,7 @@ def test_previews_render_every_built_variant(tmp_path, shared_cache_dir, tiny_bu
     from PIL import Image
 
     result = run_sweep(tmp_path, shared_cache_dir, "target.compute_units=ALL,CPU_ONLY",
-                       "sweep.preview=true", "sweep.steps=2")
+                       "sweep.preview=true", "sweep.steps=1")
     assert result.returncode == 0, result.stderr[-3000:]
     previews = Image.open(tmp_path / "sweep" / "sweep-previews.png").convert("RGB")
     assert previews.size == (600, 330), "two tiles side by side"
@@ -138,6 +138,21 @@ def test_previews_render_every_built_variant(tmp_path, shared_cache_dir, tiny_bu
     for tile in (previews.crop((30, 60, 270, 300)), previews.crop((330, 60, 570, 300))):
         assert len(set(tile.getdata())) > 1000
     assert "sweep-previews.png" in (tmp_path / "sweep" / "sweep-report.md").read_text()
+
+
+def test_variant_whose_job_died_is_reported_failed(tmp_path):
+    from sdbuild.sweep.report import JOB_LOST, read_rows, write_csv
+    from sdbuild.sweep.variant import VariantRecord
+
+    for num, status in enumerate(["running", "failed"]):
+        (tmp_path / str(num)).mkdir()
+        VariantRecord(num=num, overrides=[f"quantization=kmeans{num + 4}"], status=status, reason="x" * num,
+                      pid=4242).write(tmp_path / str(num))
+    rows = read_rows(tmp_path)
+    assert [(r.record.status, r.record.reason, r.label) for r in rows] == [
+        ("failed", JOB_LOST, "quantization=kmeans4"), ("failed", "x", "quantization=kmeans5")]
+    write_csv(rows, tmp_path / "sweep-report.csv")
+    assert JOB_LOST in (tmp_path / "sweep-report.csv").read_text()
 
 
 def compose_with_hydra(overrides: list[str]):

@@ -44,7 +44,7 @@ def write_plot(rows: list[VariantRow], path: Path) -> None:
             ax.annotate(f"{row.record.num}: {row.label}", (x, y), textcoords="offset points", xytext=(5, 5), fontsize=8)
         ax.set_xlabel(f"{component} size (MB)")
         ax.set_ylabel(f"{component} PSNR (dB, lowest output)")
-        ax.set_title(f"{len(points)} built variants: size against quality")
+        ax.set_title(f"size against quality ({len(points)} built)")
         ax.grid(True, alpha=0.3)
     else:
         ax.text(0.5, 0.5, "no variant was built", ha="center", va="center")
@@ -52,7 +52,7 @@ def write_plot(rows: list[VariantRow], path: Path) -> None:
     side.set_axis_off()
     lines = [f"Failed variants ({len(failed)}):"] if failed else ["No variant failed."]
     for row in failed:
-        lines += textwrap.wrap(f"{row.record.num}: {row.label}: {row.record.reason}", 60)
+        lines += textwrap.wrap(f"{row.record.num}: {row.label}: {row.record.reason}", 50) + [""]
     side.text(0, 1, "\n".join(lines), va="top", fontsize=8, family="monospace")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

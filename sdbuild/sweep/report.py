@@ -20,6 +20,8 @@ from sdbuild.sweep.variant import RECORD_FILE, VariantRecord
 
 CSV_FILE = "sweep-report.csv"
 MARKDOWN_FILE = "sweep-report.md"
+# A record still "running" when the sweep ends: the job supervising the build died with it.
+JOB_LOST = "its launcher job stopped before the build finished (worker killed or timed out)"
 
 
 @dataclass
@@ -49,6 +51,8 @@ def read_rows(sweep_dir: Path) -> list[VariantRow]:
 
 
 def _row(record: VariantRecord) -> VariantRow:
+    if record.status == "running":
+        record.status, record.reason = "failed", JOB_LOST
     row = VariantRow(record)
     if not row.ok:
         return row

@@ -29,7 +29,7 @@ LAUNCH_GROUPS = ("launcher",)
 class VariantRecord:
     num: int  # Hydra's job number: the variant's place in the sweep
     overrides: list[str]  # what this variant sets on the command line
-    status: str  # "running", "ok" or "failed"
+    status: str  # "running" (or its job was killed), "ok" or "failed"
     reason: str = ""  # one line, for a failed variant
     build_dir: str = ""
     build_id: str = ""
@@ -60,6 +60,7 @@ def run_variant(cfg) -> None:
     task_overrides = list(hydra_cfg.overrides.task)
     record = VariantRecord(num=hydra_cfg.job.num, overrides=variant_overrides(task_overrides), status="running")
     label = " ".join(record.overrides) or "(recipe as is)"
+    record.write(folder)  # left "running" if this job itself is killed: the report says so
 
     build_dir = _existing_or_planned_build(cfg, record)
     if record.status == "running" and build_dir is not None and (build_dir / MANIFEST_FILE).is_file():

@@ -50,7 +50,7 @@ def published_builds(tmp_path: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A local Ray cluster started here; the sweep's launcher connects to it by address."""
-    ray = pytest.importorskip("ray")
+    import ray
     info = ray.init(num_cpus=2, object_store_memory=80 * 1024 * 1024, include_dashboard=False,
                     _node_ip_address="127.0.0.1", log_to_driver=False)
     yield info["gcs_address"]

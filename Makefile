@@ -1,6 +1,7 @@
 # sdbuild: `make build` builds a recipe, `make test` runs the suite. Both create or refresh the
 # virtual environment (.venv) from requirements.lock first, so a fresh clone needs nothing else.
 #   make build RECIPE=sd2-ane OVERRIDES="model.source=synthetic attention=original"
+#   make sweep RECIPE=tiny SWEEP="attention=original,split_einsum quantization=none,kmeans6" LAUNCHER=joblib
 #   make run PROMPT="a photo of an astronaut riding a horse" [BUILD=outputs/<recipe>/<id>]
 
 PYTHON ?= python3
@@ -9,6 +10,9 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sdbuild-installed
 RECIPE ?= tiny
 OVERRIDES ?=
+# make sweep: the values to sweep (Hydra's comma lists) and the launcher (conf/launcher/).
+SWEEP ?= quantization=none,linear8
+LAUNCHER ?= basic
 PROMPT ?= a photo of an astronaut riding a horse
 RUN_ARGS ?=
 BUILD ?=
@@ -17,7 +21,7 @@ TEST_ARGS ?=
 EXPECTED_RECIPES := tiny tiny-ane
 EXPECTATIONS_BUILD := .expectations-build
 
-.PHONY: build test run bench expectations schema clean-outputs venv
+.PHONY: build sweep test run bench expectations schema clean-outputs venv
 
 venv: $(STAMP)
 
@@ -30,6 +34,10 @@ $(STAMP): requirements.lock pyproject.toml
 
 build: $(STAMP)
 	$(PY) -m sdbuild recipe=$(RECIPE) $(OVERRIDES)
+
+# One build per variant, then sweep-report.{md,csv,png} in outputs/.sweeps/<time>/.
+sweep: $(STAMP)
+	$(PY) -m sdbuild -m recipe=$(RECIPE) launcher=$(LAUNCHER) $(SWEEP) $(OVERRIDES)
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 -q $(TEST_ARGS)

@@ -66,6 +66,7 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
     timer.note(f"sdbuild {__version__}: {spec.recipe} ({spec.source.model_id}, {spec.attention}, "
                f"{spec.deployment_target}) -> {spec.output_dir}")
     started = time.perf_counter()
+    cache_lookups: list[bool] = []  # one per stage looked up: hit or not (sweep reports count them)
     with ExitStack() as stack:
         staging = stack.enter_context(staging_folder(spec.output_dir))  # also holds the temp folder
         if spec.cache_enabled:
@@ -75,7 +76,7 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
         else:  # same code path, with a store that lives for this build only (and no remote)
             cache = BuildCache(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdbuild-"))))
         components = {
-            job.component: _build_component(index, job, spec, cache, timer, staging)
+            job.component: _build_component(index, job, spec, cache, timer, staging, cache_lookups)
             for index, job in enumerate(jobs, start=1)
         }
         tokenizer = [_file_info(staging, path) for path in write_tokenizer_files(spec.source, staging)]
@@ -88,6 +89,8 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
             "placement": spec.placement,
             "seconds": round(time.perf_counter() - started, 3),
             "stage_seconds": timer.timings,
+            "cache_hits": sum(cache_lookups),
+            "cache_lookups": len(cache_lookups),
         })
         publish(staging, spec.output_dir)
     timer.summary("\n" + summary_table(manifest, timer.timings))
@@ -158,6 +161,7 @@ class _ComponentRun:
     timer: StageTimer
     index: int
     component: str
+    lookups: list[bool]
 
     def stage(self, stage: str, detail: str = ""):
         return self.timer.stage(self.index, self.component, stage, detail)
@@ -172,14 +176,16 @@ class _ComponentRun:
                 return work(tmp)
 
         entry, hit = self.cache.get_or_create(key, create)
+        self.lookups.append(hit)
         if hit:
             self.timer.note(f"[{self.index}/{self.timer.total}] {self.component:<15} {stage:<9} cached")
         return entry
 
 
-def _build_component(index, job: ComponentJob, spec: BuildSpec, cache: BuildCache, timer: StageTimer, staging: Path) -> ComponentInfo:
+def _build_component(index, job: ComponentJob, spec: BuildSpec, cache: BuildCache, timer: StageTimer, staging: Path,
+                     cache_lookups: list[bool]) -> ComponentInfo:
     name = job.component
-    run = _ComponentRun(cache, timer, index, name)
+    run = _ComponentRun(cache, timer, index, name, cache_lookups)
     convert_key = cache.key("convert", _stage_parts(spec, job))
     converted = run.cached("convert", convert_key, lambda tmp: _convert(tmp, spec, job, run), reports_itself=True)
     package = converted / PACKAGE

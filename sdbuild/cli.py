@@ -112,6 +112,13 @@ def _build_main(argv: list[str]) -> int:
 
 
 def _run_build(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.get().mode == RunMode.MULTIRUN:  # each variant builds in its own child process
+        from sdbuild.sweep.variant import run_variant
+
+        return run_variant(cfg)
     from sdbuild.builder import build
     from sdbuild.spec import validate
 

@@ -30,8 +30,9 @@ from sdbuild.stages.chunk import check_chunking
 from sdbuild.stages.compress import check_compression, quantization_identity
 from sdbuild.versions import tool_versions
 
-# Config keys that say where things go, not what is built: they do not change the build id.
-PLACEMENT_KEYS = ("output", "cache")
+# Config keys that say where things go (or how a sweep reports), not what is built: they do not
+# change the build id.
+PLACEMENT_KEYS = ("output", "cache", "sweep")
 
 
 @dataclass(frozen=True)

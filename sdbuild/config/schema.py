@@ -114,6 +114,16 @@ def min_psnr_key(component: str) -> str:
 
 
 @dataclass
+class SweepConfig:
+    """How a multirun (`-m`) reports its variants; read once at the end of the sweep."""
+
+    preview: bool = False  # render one image per successful variant into sweep-previews.png
+    prompt: str = "a photo of an astronaut riding a horse"
+    seed: int = 93
+    steps: int = 4
+
+
+@dataclass
 class BuildConfig:
     name: str = "unnamed"
     description: str = ""
@@ -131,6 +141,7 @@ class BuildConfig:
     min_psnr: MinPsnrConfig = field(default_factory=MinPsnrConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
+    sweep: SweepConfig = field(default_factory=SweepConfig)
 
 
 def register_configs() -> None:

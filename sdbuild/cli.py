@@ -8,6 +8,7 @@
     sdbuild bundle BUILD_DIR [--out DIR]        compiled Resources/ folder for Swift apps (macOS)
     sdbuild cache list|prune [...]              the stage cache
     sdbuild mixed-bit [...]                     mixed-bit palettization pre-analysis
+    sdbuild synth-file --architecture A --out F  a synthetic model as one original-layout checkpoint
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ def _subcommands() -> dict:
         "bundle": inspect_cli.bundle_main,
         "cache": inspect_cli.cache_main,
         "mixed-bit": inspect_cli.mixed_bit_main,
+        "synth-file": _synth_file_main,
     }
+
+
+def _synth_file_main(argv: list[str]) -> int:
+    from sdbuild.sources.synthetic_file import synth_file_main  # imports torch: only when called
+
+    return synth_file_main(argv)
 
 
 def compose_recipe(overrides: list[str]):

@@ -115,7 +115,8 @@ def validate(cfg: DictConfig) -> BuildSpec:
     if build.chunking.enabled:
         check_chunking(build.chunking)
 
-    source = resolve_source(build.model)
+    cache_dir = Path(build.cache.dir).expanduser() if build.cache.dir else None
+    source = resolve_source(build.model, cache_dir)
     arch = source.arch
     missing = [c for c in components if not arch.supports(c)]
     if missing:
@@ -148,7 +149,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
         verify=build.verify,
         min_psnr=dict(build.min_psnr),
         output_root=Path(build.output.dir),
-        cache_dir=Path(build.cache.dir).expanduser() if build.cache.dir else None,
+        cache_dir=cache_dir,
         cache_enabled=build.cache.enabled,
     )
 

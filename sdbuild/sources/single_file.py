@@ -41,7 +41,7 @@ def resolve_single_file(model_cfg, cache_dir: Path) -> ResolvedSource:
     # A single file holds the pipeline's own submodels, never a safety checker.
     configs = {f: c for f, c in synthetic_configs(architecture).items() if f != "safety_checker"}
     arch = arch_from_configs(architecture, configs, f"bundled architecture '{architecture}'")
-    tokenizer_dirs = _tokenizer_dirs(getattr(model_cfg, "tokenizer", None), architecture, configs)
+    tokenizer_dirs = _tokenizer_dirs(model_cfg.tokenizer, architecture, configs)
     with _open_checkpoint(file) as checkpoint:
         _check_family(file, checkpoint, arch.family, architecture)
         file_digest = file_sha256(file)

@@ -59,7 +59,7 @@ def detect_family(keys: Iterable[str]) -> str | None:
 def original_state_dict(family: str, folder: str, config: dict, state: dict) -> dict[str, torch.Tensor]:
     """One submodel's diffusers ``state`` under its original names (prefix included)."""
     if folder == "unet":
-        return _renamed(state, UNET_PREFIX, _unet_prefix_map(config), _UNET_RESNET_NAMES, ".resnets.")
+        return _renamed(state, UNET_PREFIX, _unet_prefix_map(config), _UNET_RESNET_NAMES)
     if folder == "vae":
         return _vae(state, config)
     prefix, open_clip = TEXT_ENCODER_LAYOUTS[family][folder]
@@ -72,22 +72,29 @@ def original_state_dict(family: str, folder: str, config: dict, state: dict) -> 
 
 
 def _renamed(state: dict, prefix: str, prefix_map: list[tuple[str, str]],
-             inner_names: tuple[tuple[str, str], ...], inner_marker: str) -> dict:
-    """Replace each key's longest matching diffusers prefix; keys under ``inner_marker`` prefixes
-    (resnets) also get their layer names mapped."""
+             resnet_names: tuple[tuple[str, str], ...] = ()) -> dict:
+    """Replace each key's longest matching diffusers prefix by its original one; below resnet
+    prefixes the layer names are mapped too."""
     prefix_map = sorted(prefix_map, key=lambda pair: -len(pair[0]))
     out = {}
     for key, tensor in state.items():
-        new = next((ldm + key[len(d):] for d, ldm in prefix_map if key.startswith(d)), key)
-        matched = next((d for d, _ in prefix_map if key.startswith(d)), "")
-        if inner_marker in matched:
-            rest = key[len(matched):]
-            for diffusers_name, ldm_name in inner_names:
-                if rest.startswith(diffusers_name):
-                    new = new[: len(new) - len(rest)] + ldm_name + rest[len(diffusers_name):]
-                    break
-        out[prefix + new] = tensor
+        matched = next(((d, ldm) for d, ldm in prefix_map if key.startswith(d)), None)
+        if matched is None:
+            out[prefix + key] = tensor
+            continue
+        rest = key[len(matched[0]):]
+        if ".resnets." in matched[0]:
+            rest = _rename_start(rest, resnet_names)
+        out[prefix + matched[1] + rest] = tensor
     return out
+
+
+def _rename_start(name: str, pairs: tuple[tuple[str, str], ...]) -> str:
+    """``name`` with its first matching leading part replaced (unchanged if none matches)."""
+    for old, new in pairs:
+        if name.startswith(old):
+            return new + name[len(old):]
+    return name
 
 
 def _unet_prefix_map(config: dict) -> list[tuple[str, str]]:
@@ -134,7 +141,7 @@ def _vae(state: dict, config: dict) -> dict:
                   (f"encoder.down_blocks.{block}.downsamplers.0.", f"encoder.down.{block}.downsample."),
                   (f"decoder.up_blocks.{block}.resnets.", f"decoder.up.{up}.block."),
                   (f"decoder.up_blocks.{block}.upsamplers.0.", f"decoder.up.{up}.upsample.")]
-    renamed = _renamed(state, VAE_PREFIX, pairs, (), ".resnets.")
+    renamed = _renamed(state, VAE_PREFIX, pairs)
     out = {}
     for key, tensor in renamed.items():
         key = key.replace(".conv_shortcut.", ".nin_shortcut.")
@@ -166,11 +173,7 @@ def _open_clip(state: dict, prefix: str) -> dict:
                 [state.pop(f"{source}self_attn.{p}_proj.{kind}") for p in ("q", "k", "v")]
             )
         for key in [k for k in state if k.startswith(source)]:
-            rest = key[len(source):]
-            for hf_name, open_clip_name in _OPEN_CLIP_NAMES:
-                if rest.startswith(hf_name):
-                    out[target + open_clip_name + rest[len(hf_name):]] = state.pop(key)
-                    break
+            out[target + _rename_start(key[len(source):], _OPEN_CLIP_NAMES)] = state.pop(key)
     if state:
         raise ValueError(f"no OpenCLIP name for {sorted(state)[:3]}")
     return out

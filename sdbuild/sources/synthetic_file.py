@@ -18,11 +18,10 @@ from safetensors.torch import save_file
 from sdbuild.errors import SdbuildError
 from sdbuild.package_io import replace_path, staging_path
 from sdbuild.sources.original_layout import TEXT_ENCODER_LAYOUTS, original_state_dict
+from sdbuild.sources.single_file import SAFETENSORS_SUFFIX
 from sdbuild.sources.snapshot import PICKLE_SUFFIXES
 from sdbuild.sources.synthetic import resolve_synthetic
 from sdbuild.sources.synthetic_weights import build_synthetic_submodel
-
-SAFETENSORS_SUFFIX = ".safetensors"
 
 
 def write_synthetic_single_file(architecture: str, seed: int, dest: Path) -> Path:

@@ -5,6 +5,7 @@ line before any work, leaving nothing behind."""
 from __future__ import annotations
 
 import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
@@ -152,3 +153,16 @@ def test_synth_file_command_writes_the_checkpoint(tmp_path, capsys):
     assert main(["synth-file", "--out", str(tmp_path / "model.onnx")]) == 2
     assert "cannot write a checkpoint" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.safetensors", "model.safetensors"]
+
+
+def test_tokenizer_comes_from_model_tokenizer_when_given(single_file, snapshot_dir, tmp_path):
+    tokenizers = tmp_path / "tokenizers"
+    shutil.copytree(snapshot_dir("tiny-sd15") / "tokenizer", tokenizers / "tokenizer")
+    merges = tokenizers / "tokenizer" / "merges.txt"
+    merges.write_text(merges.read_text() + "z z\n")
+    default = resolve_source(_file_config(single_file()), tmp_path / "cache")
+    chosen = resolve_source(_file_config(single_file(), tokenizer=str(tokenizers)), tmp_path / "cache")
+    assert (chosen.root / "tokenizer" / "merges.txt").read_text() == merges.read_text()
+    assert chosen.digest != default.digest and chosen.root != default.root
+    with pytest.raises(SdbuildError, match=r"has no vocab\.json and merges\.txt"):
+        resolve_source(_file_config(single_file(), tokenizer=str(tmp_path / "nowhere")), tmp_path / "cache")

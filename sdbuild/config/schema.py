@@ -48,9 +48,9 @@ class DeploymentTarget(StrEnum):
 @dataclass
 class ModelConfig:
     source: SourceKind = SourceKind.synthetic
-    id: Optional[str] = None  # Hugging Face Hub repo id, for source=hub; for local/file the name packages carry
+    id: Optional[str] = None  # source=hub: the Hub repo id; local/file: the name packages carry
     revision: Optional[str] = None  # branch, tag or commit, for source=hub
-    path: Optional[str] = None  # a local diffusers folder (Hub snapshot layout), for source=local; the checkpoint, for source=file
+    path: Optional[str] = None  # source=local: a diffusers folder (Hub snapshot layout); file: the checkpoint
     architecture: str = "tiny-sd21-base"  # bundled config used by source=synthetic and source=file
     tokenizer: Optional[str] = None  # for source=file: a diffusers folder whose tokenizer/ to use
     seed: int = 0  # synthetic weights' seed

@@ -47,7 +47,9 @@ def resolve_single_file(model_cfg, cache_dir: Path) -> ResolvedSource:
         file_digest = file_sha256(file)
         key = json_digest({
             "file": file_digest, "architecture": architecture, "configs": configs,
-            "tokenizer": {t: files_digest(d, [f for f in d.iterdir() if f.is_file()]) for t, d in tokenizer_dirs.items()},
+            "tokenizer": {
+                t: files_digest(d, [f for f in d.iterdir() if f.is_file()]) for t, d in tokenizer_dirs.items()
+            },
             "scheme": SINGLE_FILE_SCHEME_VERSION,
         })
         folder = Path(cache_dir).expanduser() / SNAPSHOTS_FOLDER / f"file-{key}"

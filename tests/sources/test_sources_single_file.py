@@ -149,7 +149,8 @@ def test_synth_file_command_writes_the_checkpoint(tmp_path, capsys):
     dest = tmp_path / "model.safetensors"
     assert main(["synth-file", "--architecture", "tiny-sd21-base", "--seed", str(SEED), "--out", str(dest)]) == 0
     assert capsys.readouterr().out.strip() == str(dest)
-    assert dest.read_bytes() == write_synthetic_single_file("tiny-sd21-base", SEED, tmp_path / "again.safetensors").read_bytes()
+    again = write_synthetic_single_file("tiny-sd21-base", SEED, tmp_path / "again.safetensors")
+    assert dest.read_bytes() == again.read_bytes()
     assert main(["synth-file", "--out", str(tmp_path / "model.onnx")]) == 2
     assert "cannot write a checkpoint" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again.safetensors", "model.safetensors"]

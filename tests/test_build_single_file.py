@@ -39,3 +39,14 @@ def test_single_file_and_diffusers_folder_builds_are_byte_identical(tmp_path, sh
     assert set(packages) == {"text_encoder", "vae_decoder"}
     assert packages == {name: info["sha256"] for name, info in from_folder["components"].items()}
     assert from_file["tokenizer"] == from_folder["tokenizer"]
+
+
+def test_mismatched_architecture_fails_in_one_line_before_work(tmp_path, capsys):
+    checkpoint = write_synthetic_single_file(ARCHITECTURE, SEED, tmp_path / "model.safetensors")
+    overrides = ["recipe=tiny-single-file", f"model.path={checkpoint}", "model.architecture=tiny-sdxl-base",
+                 f"output.dir={tmp_path / 'out'}", f"cache.dir={tmp_path / 'cache'}"]
+    assert main(overrides) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
+    assert "SD 1.x checkpoint but model.architecture=tiny-sdxl-base is SDXL base" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"], "nothing written"

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sdbuild import __version__
-from sdbuild.cache import BuildCache
+from sdbuild.cache import BuildCache, default_cache_dir
 from sdbuild.cache.remote import RemoteStore
 from sdbuild.contract import VERSION_METADATA_KEY, Interface
 from sdbuild.errors import SdbuildError
@@ -51,12 +51,6 @@ class BuildResult:
     build_dir: Path
     manifest: Manifest
     timings: dict[str, dict[str, float]]
-
-
-def default_cache_dir() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("sdbuild"))
 
 
 def build(spec: BuildSpec, stream=None) -> BuildResult:

@@ -32,6 +32,8 @@ SUBCOMMANDS = {
     "bundle": ("sdbuild.inspect_cli", "bundle_main", "compiled Resources/ folder for Swift apps (macOS)"),
     "cache": ("sdbuild.inspect_cli", "cache_main", "the stage cache: list | prune"),
     "mixed-bit": ("sdbuild.inspect_cli", "mixed_bit_main", "mixed-bit palettization pre-analysis"),
+    "synth-file": ("sdbuild.sources.synthetic_file", "synth_file_main",
+                   "write a synthetic model as one original-layout checkpoint (--architecture A --out F)"),
 }
 
 

@@ -105,7 +105,7 @@ class ComponentInfo(FileInfo):
 
 
 class SourceInfo(_Strict):
-    kind: Literal["hub", "local", "synthetic"]
+    kind: Literal["hub", "local", "file", "synthetic"]
     model_id: str
     revision: str | None
     digest: str

@@ -124,7 +124,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
     if build.cache.remote:
         check_remote_config(build.cache.remote, data["cache"]["remote_options"])
 
-    source = resolve_source(build.model)
+    source = resolve_source(build.model, cache_dir)
     arch = source.arch
     missing = [c for c in components if not arch.supports(c)]
     if missing:

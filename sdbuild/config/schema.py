@@ -19,6 +19,7 @@ from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 class SourceKind(StrEnum):
     hub = "hub"
     local = "local"
+    file = "file"  # a single-file checkpoint in the original (LDM / SGM) layout
     synthetic = "synthetic"
 
 
@@ -47,10 +48,11 @@ class DeploymentTarget(StrEnum):
 @dataclass
 class ModelConfig:
     source: SourceKind = SourceKind.synthetic
-    id: Optional[str] = None  # Hugging Face Hub repo id, for source=hub
+    id: Optional[str] = None  # source=hub: the Hub repo id; local/file: the name packages carry
     revision: Optional[str] = None  # branch, tag or commit, for source=hub
-    path: Optional[str] = None  # a local diffusers folder (Hub snapshot layout), for source=local
-    architecture: str = "tiny-sd21-base"  # bundled config used by source=synthetic
+    path: Optional[str] = None  # source=local: a diffusers folder (Hub snapshot layout); file: the checkpoint
+    architecture: str = "tiny-sd21-base"  # bundled config used by source=synthetic and source=file
+    tokenizer: Optional[str] = None  # for source=file: a diffusers folder whose tokenizer/ to use
     seed: int = 0  # synthetic weights' seed
     allow_pickle: bool = False  # pickle checkpoints can execute code: refused unless allowed
 

@@ -1,4 +1,5 @@
-"""Model sources: a Hub id, a local diffusers folder or a synthetic (seeded) architecture.
+"""Model sources: a Hub id, a local diffusers folder, a single-file checkpoint (converted into a
+cached diffusers folder) or a synthetic (seeded) architecture.
 
 ``resolve_source`` pins a recipe's model to exact content cheaply (configs and digests only);
 ``load_submodel`` then loads one submodel's weights; ``write_tokenizer_files`` writes the

@@ -27,9 +27,9 @@ class ResolvedSource:
     ``allow_pickle`` is the policy the source was resolved under and loading re-checks it.
     """
 
-    kind: str  # "hub" | "local" | "synthetic"
-    model_id: str  # hub id; "local/<folder name>"; "synthetic/<architecture>"
-    revision: str | None  # hub commit hash when known
+    kind: str  # "hub" | "local" | "file" | "synthetic"
+    model_id: str  # hub id; model.id or "local/<folder name>", "file/<file stem>"; "synthetic/<architecture>"
+    revision: str | None  # hub commit hash when known; a single file's sha256
     digest: str  # sha256 hex of the exact weights + configs
     arch: ArchInfo
     configs: dict[str, dict] = field(hash=False)  # submodel folder -> config.json content

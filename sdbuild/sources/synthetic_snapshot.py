@@ -37,17 +37,23 @@ def write_synthetic_snapshot(architecture: str, seed: int, dest: Path) -> Path:
         with quiet_loading():
             model.save_pretrained(dest / folder)
         del model  # free before building the next submodel
-    (dest / SCHEDULER_CONFIG).parent.mkdir(exist_ok=True)
-    (dest / SCHEDULER_CONFIG).write_text(json.dumps(source.configs[SCHEDULER_FOLDER], indent=2))
+    write_pipeline_files(dest, source.configs, folders)
     for encoder, tokenizer in TOKENIZER_OF.items():
         if encoder in folders:
             write_tokenizer_folder(dest / tokenizer)
+    return dest
+
+
+def write_pipeline_files(dest: Path, configs: dict[str, dict], folders: list[str]) -> None:
+    """What a snapshot holds besides weights and tokenizers: model_index.json, the scheduler
+    config and, with a safety checker, the feature extractor config."""
+    (dest / SCHEDULER_CONFIG).parent.mkdir(exist_ok=True)
+    (dest / SCHEDULER_CONFIG).write_text(json.dumps(configs[SCHEDULER_FOLDER], indent=2))
     if "safety_checker" in folders:
         (dest / _PREPROCESSOR_CONFIG).parent.mkdir(exist_ok=True)
         (dest / _PREPROCESSOR_CONFIG).write_text(json.dumps(_clip_preprocessor_config(), indent=2))
-    index = _model_index(source.configs, folders)
+    index = _model_index(configs, folders)
     (dest / MODEL_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
-    return dest
 
 
 def _clip_preprocessor_config() -> dict:

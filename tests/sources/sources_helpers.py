@@ -22,6 +22,7 @@ class ModelConfig:
     architecture: str = "tiny-sd21-base"
     seed: int = SEED
     allow_pickle: bool = False
+    tokenizer: str | None = None
 
 
 def replace_with_pickle(folder: Path) -> Path:

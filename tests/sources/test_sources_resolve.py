@@ -12,7 +12,8 @@ from sdbuild.sources import resolve_source
 @pytest.mark.parametrize(("config", "message", "hint"), [
     (ModelConfig("hub"), "model.source=hub needs model.id", "model.id="),
     (ModelConfig("local"), "model.source=local needs model.path", "model.path="),
-    (ModelConfig("ftp"), "unknown model.source 'ftp'", "hub, local, synthetic"),
+    (ModelConfig("file"), "model.source=file needs model.path", "model.path="),
+    (ModelConfig("ftp"), "unknown model.source 'ftp'", "hub, local, file, synthetic"),
 ])
 def test_incomplete_or_unknown_sources_are_clear_errors(config, message, hint):
     with pytest.raises(SdbuildError) as error:

@@ -45,9 +45,10 @@ from sdbuild.progress import format_table  # noqa: E402
 from sdbuild.quiet import quiet_coremltools  # noqa: E402
 from sdbuild.sample_inputs import sample_inputs  # noqa: E402
 from sdbuild.sources import load_submodel, resolve_source  # noqa: E402
-from sdbuild.stages.chunk import chunk, verify_chunks  # noqa: E402
+from sdbuild.stages.chunk import chunk  # noqa: E402
 from sdbuild.stages.compress import compress  # noqa: E402
 from sdbuild.stages.convert import convert_module  # noqa: E402
+from sdbuild.stages.verify import chunked_outputs, load_backend, lowest_psnr  # noqa: E402
 
 PRESETS = ("linear8", "kmeans8", "kmeans6", "kmeans4", "kmeans2", "kmeans1", "grouped_kmeans4", "blockwise_int4")
 TARGET = "iOS18"
@@ -140,7 +141,8 @@ def main() -> None:
             started = time.perf_counter()
             chunks = chunk(kmeans6, ChunkingConfig(enabled=True), work / "chunks", "synthetic/sd21-base", "unet")
             seconds = time.perf_counter() - started
-            chunk_psnr = verify_chunks(kmeans6, [work / "chunks" / c.file for c in chunks], inputs)
+            chunk_psnr = lowest_psnr(load_backend("evaluator", kmeans6).predict(inputs),
+                                     chunked_outputs(work / "chunks", chunks, inputs))
             sizes = ", ".join(f"{c.weight_bytes / MIB:.1f}" for c in chunks)
             print(f"\nkmeans6 in 2 chunks: {sizes} MB of weights, chunk1->chunk2 vs whole {chunk_psnr:.1f} dB, "
                   f"{seconds:.0f}s")

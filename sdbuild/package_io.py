@@ -88,6 +88,14 @@ def package_digest(path: Path) -> str:
     return listing.hexdigest()
 
 
+def file_size(path: Path) -> int:
+    """Bytes of a plain file, or of every file under a directory."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
 def file_digests(path: Path) -> dict[str, str]:
     """Relative POSIX path -> sha256 of every file under ``path`` (a plain file maps its own name)."""
     path = Path(path)

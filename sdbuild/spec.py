@@ -20,6 +20,7 @@ from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 from sdbuild.config.schema import BuildConfig, SourceKind
 from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
 from sdbuild.errors import SdbuildError, describe_config_error
+from sdbuild.package_io import source_date
 from sdbuild.sources import ResolvedSource, resolve_source
 from sdbuild.stages.chunk import check_chunking
 from sdbuild.stages.compress import check_compression, quantization_identity
@@ -44,6 +45,8 @@ class BuildSpec:
     # What compressed bytes depend on, read once here: a mixed-bit recipe file's content with it.
     quantization_identity: dict
     chunking: ChunkingConfig
+    # SOURCE_DATE_EPOCH as a UTC date, read once here: packages carry it, so keys hold it.
+    source_date: str | None
     verify: bool
     min_psnr: dict[str, float]
     output_root: Path
@@ -66,13 +69,15 @@ class BuildSpec:
     @property
     def build_id(self) -> str:
         """Derived from what determines the build: recipe (with a mixed-bit recipe file's content),
-        source identity, tool versions."""
+        source identity, tool versions, and SOURCE_DATE_EPOCH's date when set."""
         identity = {
             "recipe": self.build_config,
             "quantization": self.quantization_identity,
             "source": self.source.identity(),
             "tools": tool_versions(),
         }
+        if self.source_date is not None:  # only when set, so undated builds keep their ids
+            identity["source_date"] = self.source_date
         return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
 
     @property
@@ -145,6 +150,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
         quantization=build.quantization,
         quantization_identity=quantization_identity(build.quantization),
         chunking=build.chunking,
+        source_date=source_date(),
         verify=build.verify,
         min_psnr=dict(build.min_psnr),
         output_root=Path(build.output.dir),

@@ -33,7 +33,7 @@ from filelock import FileLock, Timeout
 
 from sdbuild.cache.pruning import select_for_pruning
 from sdbuild.errors import SdbuildError
-from sdbuild.package_io import package_digest, replace_path, staging_path
+from sdbuild.package_io import file_size, package_digest, replace_path, staging_path
 
 DATA = "data"
 RECORD = "record.json"
@@ -195,7 +195,7 @@ class BuildCache:
             "key": key,
             "stage": _KEY_PATTERN.match(key)["stage"],
             "digest": package_digest(data),
-            "bytes": _size(data),
+            "bytes": file_size(data),
             "created": time.time(),
             "meta": meta,
         }
@@ -253,12 +253,6 @@ def _read_entry(entry_dir: Path) -> CacheEntry | None:
         last_used = record["created"]
     return CacheEntry(key=record["key"], stage=record["stage"], bytes=record["bytes"], created=record["created"],
                       last_used=last_used, path=entry_dir / DATA, meta=record["meta"])
-
-
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _make_read_only(path: Path) -> None:

@@ -23,8 +23,10 @@ import numpy as np
 from sdbuild.config.compression import PALETTE_NBITS, QUANTIZATION_MODES, QuantizationConfig
 from sdbuild.contract import ALL_COMPONENTS
 from sdbuild.errors import SdbuildError
+from sdbuild.manifest import CompressionInfo
 from sdbuild.palette import PALETTE_VERSION, KMeansPalette
 from sdbuild.quiet import quiet_coremltools
+from sdbuild.stages.stage import PACKAGE, REPORT, Stage, StageContext, StageResult
 
 if TYPE_CHECKING:
     import coremltools as ct
@@ -498,3 +500,49 @@ def _report(mode: str, before: list[WeightTensor], after: list[WeightTensor]) ->
         float_by_op_type=dict(sorted(Counter(t for w in after if not w.compressed for t in w.consumers).items())),
         weights_by_nbits=dict(sorted(by_nbits.items(), key=lambda kv: int(kv[0]))),
     )
+
+
+@dataclass(frozen=True)
+class Compressed(StageResult):
+    """The compressed package and what the manifest records of its compression."""
+
+    package: Path
+    report: CompressionInfo
+
+    def save(self, folder: Path) -> None:
+        (folder / REPORT).write_text(json.dumps(self.report.model_dump(), sort_keys=True))
+
+    @classmethod
+    def load(cls, folder: Path) -> "Compressed":
+        return cls(folder / PACKAGE, CompressionInfo.model_validate_json((folder / REPORT).read_text()))
+
+    def files(self, job) -> dict[str, Path]:
+        return {job.file_name: self.package}
+
+    def record(self, job) -> dict:
+        return {"compression": self.report}
+
+
+class CompressStage(Stage):
+    """Key: the package it compresses (its stage's key) and the quantization identity (the
+    preset, the palette algorithm, a mixed-bit layer file's content). Writes `model.mlpackage`
+    and `report.json`."""
+
+    name = "compress"
+    result = Compressed
+
+    def key_parts(self, ctx: StageContext) -> dict | None:
+        if not ctx.job.compress:
+            return None
+        after, _ = ctx.latest_package()
+        return {"after": after, "quantization": ctx.spec.quantization_identity}
+
+    def run(self, ctx: StageContext, out: Path) -> Compressed:
+        from sdbuild.package_io import save_package
+
+        ct = quiet_coremltools()
+        spec = ctx.spec
+        model = ct.models.MLModel(str(ctx.latest_package()[1]), skip_model_load=True)
+        compressed, report = compress(model, spec.quantization, ctx.job.component, spec.deployment_target)
+        save_package(compressed, out / PACKAGE, metadata=ctx.package_metadata())
+        return Compressed(out / PACKAGE, CompressionInfo.model_validate(report.as_manifest()))

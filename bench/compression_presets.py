@@ -45,6 +45,7 @@ from sdbuild.progress import format_table  # noqa: E402
 from sdbuild.quiet import quiet_coremltools  # noqa: E402
 from sdbuild.sample_inputs import sample_inputs  # noqa: E402
 from sdbuild.sources import load_submodel, resolve_source  # noqa: E402
+from sdbuild.config.layer_plan import layer_plan_of  # noqa: E402
 from sdbuild.stages.chunk import chunk  # noqa: E402
 from sdbuild.stages.compress import compress  # noqa: E402
 from sdbuild.stages.convert import convert_module  # noqa: E402
@@ -83,15 +84,16 @@ def convert_unet(source, interface, work: Path) -> Path:
 
 
 def mixed_bit_preset(source, work: Path) -> QuantizationConfig:
-    from sdbuild.mixed_bit import AnalysisSettings, analyse, choose_recipe, write_recipe
+    from sdbuild.mixed_bit.analysis import AnalysisSettings, analyse
+    from sdbuild.mixed_bit.layer_plan import choose_layer_plan, write_layer_plan
 
     settings = AnalysisSettings(num_inputs=1, latent_size=16)
     unet = load_submodel(source, "unet")
     analysis = analyse(unet, settings, identity=source.digest, cache_dir=work / "mixed-bit-cache",
                        progress=lambda line: print(line, file=sys.stderr, flush=True))
-    recipe = choose_recipe(analysis, 4.5)
-    path = write_recipe(recipe, work, "sd21-base-random")
-    print(f"mixed-bit recipe: {recipe.avg_bits:.2f} bits, min layer PSNR {recipe.min_layer_psnr_db:.1f} dB",
+    plan = choose_layer_plan(analysis, 4.5)
+    path = write_layer_plan(plan, work, "sd21-base-random")
+    print(f"mixed-bit layer plan: {plan.avg_bits:.2f} bits, min layer PSNR {plan.min_layer_psnr_db:.1f} dB",
           file=sys.stderr, flush=True)
     return QuantizationConfig(mode="mixed_bit", mixed_bit_recipe=str(path), components=["unet"])
 
@@ -124,7 +126,7 @@ def main() -> None:
         for name, cfg in configs.items():
             started = time.perf_counter()
             model = ct.models.MLModel(str(float_package), skip_model_load=True)
-            result, report = compress(model, cfg, "unet", TARGET)
+            result, report = compress(model, cfg, "unet", TARGET, layer_plan_of(cfg))
             path = work / f"{name.replace(' ', '_')}.mlpackage"
             save_package(result, path)
             seconds = time.perf_counter() - started

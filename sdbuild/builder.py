@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sdbuild import __version__
-from sdbuild.cache import BuildCache
+from sdbuild.cache import BuildCache, default_cache_dir
 from sdbuild.manifest import ComponentInfo, Manifest, write_manifest
 from sdbuild.plan import ComponentJob, plan_jobs
 from sdbuild.progress import StageTimer, format_table
@@ -35,12 +35,6 @@ class BuildResult:
     build_dir: Path
     manifest: Manifest
     timings: dict[str, dict[str, float]]
-
-
-def default_cache_dir() -> Path:
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("sdbuild"))
 
 
 def build(spec: BuildSpec, stream=None) -> BuildResult:

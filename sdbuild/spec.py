@@ -17,13 +17,12 @@ from omegaconf.errors import OmegaConfBaseException
 
 from sdbuild.attention_choice import check_attention
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
+from sdbuild.config.compression_rules import check_chunking, check_compression, quantization_identity
 from sdbuild.config.schema import BuildConfig, SourceKind
 from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
 from sdbuild.errors import SdbuildError, describe_config_error
 from sdbuild.package_io import source_date
 from sdbuild.sources import ResolvedSource, resolve_source
-from sdbuild.stages.chunk import check_chunking
-from sdbuild.stages.compress import check_compression, quantization_identity
 from sdbuild.versions import tool_versions
 
 # Config keys that say where things go, not what is built: they do not change the build id.
@@ -42,7 +41,8 @@ class BuildSpec:
     latent_size: tuple[int, int]
     batch_size: int
     quantization: QuantizationConfig
-    # What compressed bytes depend on, read once here: a mixed-bit recipe file's content with it.
+    layer_plan: dict[str, int] | None  # a mixed-bit layer plan, read once here (None: no plan)
+    # What compressed bytes depend on: the preset and the layer plan's content.
     quantization_identity: dict
     chunking: ChunkingConfig
     # SOURCE_DATE_EPOCH as a UTC date, read once here: packages carry it, so keys hold it.
@@ -68,7 +68,7 @@ class BuildSpec:
 
     @property
     def build_id(self) -> str:
-        """Derived from what determines the build: recipe (with a mixed-bit recipe file's content),
+        """Derived from what determines the build: recipe (with a mixed-bit layer plan's content),
         source identity, tool versions, and SOURCE_DATE_EPOCH's date when set."""
         identity = {
             "recipe": self.build_config,
@@ -116,7 +116,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
         )
     _check_min_psnr(build.min_psnr)
     target = build.target.minimum_deployment_target.value
-    check_compression(build.quantization, target, list(components))
+    layer_plan = check_compression(build.quantization, target, list(components))
     if build.chunking.enabled:
         check_chunking(build.chunking)
 
@@ -148,7 +148,8 @@ def validate(cfg: DictConfig) -> BuildSpec:
         latent_size=latent or (arch.default_latent_size, arch.default_latent_size),
         batch_size=build.batch_size,
         quantization=build.quantization,
-        quantization_identity=quantization_identity(build.quantization),
+        layer_plan=layer_plan,
+        quantization_identity=quantization_identity(build.quantization, layer_plan),
         chunking=build.chunking,
         source_date=source_date(),
         verify=build.verify,

@@ -19,11 +19,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sdbuild.config.compression import ChunkingConfig
-from sdbuild.contract import ALL_COMPONENTS, package_file_name
+from sdbuild.config.compression_rules import check_chunking
+from sdbuild.contract import package_file_name
 from sdbuild.errors import SdbuildError
 from sdbuild.manifest import ChunkInfo, InterfaceInfo
 from sdbuild.quiet import quiet_coremltools
-from sdbuild.stages.compress import load_program, program_to_model, storage_bits
+from sdbuild.mlprogram import load_program, program_to_model, storage_bits
 from sdbuild.stages.stage import REPORT, Stage, StageContext, StageResult
 
 if TYPE_CHECKING:
@@ -37,19 +38,6 @@ MIB = 1 << 20
 class ChunkPlan:
     cut_after: tuple[str, ...]  # name of the last op of every chunk but the last
     weight_bytes: tuple[int, ...]  # per chunk (constants read on both sides count in both)
-
-
-def check_chunking(cfg: ChunkingConfig) -> None:
-    """Checks that need no model: run before any work."""
-    unknown = [c for c in cfg.components if c not in ALL_COMPONENTS]
-    if unknown:
-        raise SdbuildError(f"chunking.components names unknown component {', '.join(unknown)}",
-                           f"allowed: {', '.join(ALL_COMPONENTS)}")
-    if cfg.num_chunks < 2:
-        raise SdbuildError(f"chunking.num_chunks={cfg.num_chunks} makes no chunks", "use 2 or more, or chunking=none")
-    if cfg.max_chunk_weight_mb <= 0:
-        raise SdbuildError(f"chunking.max_chunk_weight_mb={cfg.max_chunk_weight_mb:g} leaves no room for weights",
-                           "use a positive size in MB, e.g. 1024 for the iOS Neural Engine")
 
 
 def chunk_file_names(model_id: str, component: str, num_chunks: int) -> list[str]:

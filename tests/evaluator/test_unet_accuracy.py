@@ -9,9 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from evaluator_builders import build_component, convert, random_inputs, torch_outputs
+from synthetic_components import synthetic_component
+
 from sdbuild.evaluator import ProgramEvaluator
 from sdbuild.metrics import psnr
+from sdbuild.sample_inputs import sample_inputs
+from sdbuild.stages.convert import convert_module
+from sdbuild.stages.trace import reference_outputs
 
 CASES = [
     ("tiny-sd15", "iOS16"),
@@ -28,14 +32,14 @@ def op_list(model) -> list[str]:
 
 @pytest.mark.parametrize("arch, target", CASES, ids=[f"{a}-{t}" for a, t in CASES])
 def test_unet_matches_pytorch(arch, target):
-    module, interface = build_component(arch, "unet", latent=8, batch=2)
-    model = convert(module, interface, target=target)
+    module, interface = synthetic_component(arch, "unet", latent=8, batch=2)
+    model = convert_module(module, interface, precision="float16", target=target)
     ops = set(op_list(model))
     expected_attention = "scaled_dot_product_attention" if target == "iOS18" else "softmax"
     assert expected_attention in ops
 
-    inputs = random_inputs(interface, seed=1)
-    reference = torch_outputs(module, interface, inputs)["noise_pred"]
+    inputs = sample_inputs(interface, seed=1)
+    reference = reference_outputs(module, interface, inputs)["noise_pred"]
     device = ProgramEvaluator(model, fp16_storage=True).predict(inputs)["noise_pred"]
     exact_evaluator = ProgramEvaluator(model)
     exact = exact_evaluator.predict(inputs)["noise_pred"]

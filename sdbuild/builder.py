@@ -21,7 +21,7 @@ from sdbuild import __version__
 from sdbuild.cache import BuildCache, default_cache_dir
 from sdbuild.manifest import ComponentInfo, Manifest, write_manifest
 from sdbuild.plan import ComponentJob, plan_jobs
-from sdbuild.progress import StageTimer, format_table
+from sdbuild.progress import StageTimer, build_summary_table
 from sdbuild.sources import write_tokenizer_files
 from sdbuild.spec import BuildSpec
 from sdbuild.stages.pipeline import COMPONENT_STAGES
@@ -66,24 +66,9 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
             "stage_seconds": timer.timings,
         })
         publish(staging, spec.output_dir)
-    timer.note("\n" + summary_table(manifest, timer.timings))
+    timer.note("\n" + build_summary_table(manifest, timer.timings))
     timer.note(f"built {spec.output_dir} in {time.perf_counter() - started:.1f}s")
     return BuildResult(spec.output_dir, manifest, timer.timings)
-
-
-def summary_table(manifest: Manifest, timings: dict[str, dict[str, float]]) -> str:
-    rows = []
-    for name, info in manifest.components.items():
-        psnr = min((o.psnr_db for o in info.verification.outputs), default=None)
-        rows.append([
-            name,
-            info.file,
-            f"{info.bytes / 1e6:.1f}",
-            info.compression.mode,
-            "-" if psnr is None else f"{psnr:.1f}",
-            f"{sum(timings.get(name, {}).values()):.1f}",
-        ])
-    return format_table(["component", "file", "MB", "compression", "PSNR dB", "seconds"], rows)
 
 
 @dataclass(frozen=True)

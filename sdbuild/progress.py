@@ -6,7 +6,10 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from sdbuild.manifest import Manifest
 
 
 @dataclass
@@ -35,6 +38,22 @@ class StageTimer:
 
     def record(self, component: str, stage: str, seconds: float) -> None:
         self.timings.setdefault(component, {})[stage] = round(seconds, 3)
+
+
+def build_summary_table(manifest: "Manifest", timings: dict[str, dict[str, float]]) -> str:
+    """One row per component: file, size, compression, lowest PSNR, seconds."""
+    rows = []
+    for name, info in manifest.components.items():
+        psnr = min((o.psnr_db for o in info.verification.outputs), default=None)
+        rows.append([
+            name,
+            info.file,
+            f"{info.bytes / 1e6:.1f}",
+            info.compression.mode,
+            "-" if psnr is None else f"{psnr:.1f}",
+            f"{sum(timings.get(name, {}).values()):.1f}",
+        ])
+    return format_table(["component", "file", "MB", "compression", "PSNR dB", "seconds"], rows)
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:

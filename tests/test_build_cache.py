@@ -134,11 +134,12 @@ def test_source_date_epoch_reaches_a_warm_cache_build(tiny_build, shared_cache_d
     a cache filled without it must not hand back an undated package."""
     from sdbuild.quiet import quiet_coremltools
 
+    overrides = [f"cache.dir={shared_cache_dir}", "components=[text_encoder]", "verify=false"]
+    assert main([f"output.dir={tmp_path / 'undated'}", *overrides]) == 0
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # 2023-11-14 UTC
-    assert main([f"output.dir={tmp_path}", f"cache.dir={shared_cache_dir}", "components=[text_encoder]",
-                 "verify=false"]) == 0
-    build = only_build(tmp_path)
-    assert build.name != tiny_build.name
+    assert main([f"output.dir={tmp_path / 'dated'}", *overrides]) == 0
+    build = only_build(tmp_path / "dated")
+    assert build.name != only_build(tmp_path / "undated").name, "the date is part of the build id"
     ct = quiet_coremltools()
     (package,) = build.glob("*.mlpackage")
     metadata = ct.models.MLModel(str(package), skip_model_load=True).get_spec().description.metadata.userDefined

@@ -34,7 +34,7 @@ class TinyConvNet(torch.nn.Module):
     def forward(self, x):
         y = torch.nn.functional.silu(self.conv1(x))
         y = self.conv2(y).mean(dim=(2, 3))
-        return self.fc2(torch.nn.functional.silu(self.fc1(y)))
+        return (self.fc2(torch.nn.functional.silu(self.fc1(y))),)  # outputs as a tuple, as contract modules
 
 
 INTERFACE = contract.Interface(

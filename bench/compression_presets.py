@@ -45,9 +45,11 @@ from sdbuild.progress import format_table  # noqa: E402
 from sdbuild.quiet import quiet_coremltools  # noqa: E402
 from sdbuild.sample_inputs import sample_inputs  # noqa: E402
 from sdbuild.sources import load_submodel, resolve_source  # noqa: E402
-from sdbuild.stages.chunk import chunk, verify_chunks  # noqa: E402
+from sdbuild.config.layer_plan import layer_plan_of  # noqa: E402
+from sdbuild.stages.chunk import chunk  # noqa: E402
 from sdbuild.stages.compress import compress  # noqa: E402
 from sdbuild.stages.convert import convert_module  # noqa: E402
+from sdbuild.stages.verify import chunked_outputs, load_backend, lowest_psnr  # noqa: E402
 
 PRESETS = ("linear8", "kmeans8", "kmeans6", "kmeans4", "kmeans2", "kmeans1", "grouped_kmeans4", "blockwise_int4")
 TARGET = "iOS18"
@@ -82,15 +84,16 @@ def convert_unet(source, interface, work: Path) -> Path:
 
 
 def mixed_bit_preset(source, work: Path) -> QuantizationConfig:
-    from sdbuild.mixed_bit import AnalysisSettings, analyse, choose_recipe, write_recipe
+    from sdbuild.mixed_bit.analysis import AnalysisSettings, analyse
+    from sdbuild.mixed_bit.layer_plan import choose_layer_plan, write_layer_plan
 
     settings = AnalysisSettings(num_inputs=1, latent_size=16)
     unet = load_submodel(source, "unet")
     analysis = analyse(unet, settings, identity=source.digest, cache_dir=work / "mixed-bit-cache",
                        progress=lambda line: print(line, file=sys.stderr, flush=True))
-    recipe = choose_recipe(analysis, 4.5)
-    path = write_recipe(recipe, work, "sd21-base-random")
-    print(f"mixed-bit recipe: {recipe.avg_bits:.2f} bits, min layer PSNR {recipe.min_layer_psnr_db:.1f} dB",
+    plan = choose_layer_plan(analysis, 4.5)
+    path = write_layer_plan(plan, work, "sd21-base-random")
+    print(f"mixed-bit layer plan: {plan.avg_bits:.2f} bits, min layer PSNR {plan.min_layer_psnr_db:.1f} dB",
           file=sys.stderr, flush=True)
     return QuantizationConfig(mode="mixed_bit", mixed_bit_recipe=str(path), components=["unet"])
 
@@ -123,7 +126,7 @@ def main() -> None:
         for name, cfg in configs.items():
             started = time.perf_counter()
             model = ct.models.MLModel(str(float_package), skip_model_load=True)
-            result, report = compress(model, cfg, "unet", TARGET)
+            result, report = compress(model, cfg, "unet", TARGET, layer_plan_of(cfg))
             path = work / f"{name.replace(' ', '_')}.mlpackage"
             save_package(result, path)
             seconds = time.perf_counter() - started
@@ -140,7 +143,8 @@ def main() -> None:
             started = time.perf_counter()
             chunks = chunk(kmeans6, ChunkingConfig(enabled=True), work / "chunks", "synthetic/sd21-base", "unet")
             seconds = time.perf_counter() - started
-            chunk_psnr = verify_chunks(kmeans6, [work / "chunks" / c.file for c in chunks], inputs)
+            chunk_psnr = lowest_psnr(load_backend("evaluator", kmeans6).predict(inputs),
+                                     chunked_outputs(work / "chunks", chunks, inputs))
             sizes = ", ".join(f"{c.weight_bytes / MIB:.1f}" for c in chunks)
             print(f"\nkmeans6 in 2 chunks: {sizes} MB of weights, chunk1->chunk2 vs whole {chunk_psnr:.1f} dB, "
                   f"{seconds:.0f}s")

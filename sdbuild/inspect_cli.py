@@ -121,7 +121,7 @@ def bundle_main(argv: list[str]) -> int:
 
 
 def cache_main(argv: list[str]) -> int:
-    from sdbuild.builder import default_cache_dir
+    from sdbuild.cache import default_cache_dir
     from sdbuild.cache import BuildCache
     from sdbuild.cache.report import format_entries, format_pruned
 
@@ -150,6 +150,6 @@ def cache_main(argv: list[str]) -> int:
 
 
 def mixed_bit_main(argv: list[str]) -> int:
-    from sdbuild.mixed_bit import main as mixed_bit
+    from sdbuild.mixed_bit.cli import main as mixed_bit
 
     return mixed_bit(argv)

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     import coremltools as ct
 
 CONVERSION_DATE_KEY = "com.github.apple.coremltools.conversion_date"
-MANIFEST_FILE = "Manifest.json"
+PACKAGE_MANIFEST_FILE = "Manifest.json"  # inside a .mlpackage; the build's own is manifest.MANIFEST_FILE
 PACKAGE_SUFFIX = ".mlpackage"
 
 # Fixed namespace for the manifest's item identifiers: uuid5(namespace, item path) is the same
@@ -86,6 +86,14 @@ def package_digest(path: Path) -> str:
     for relative, digest in file_digests(path).items():
         listing.update(f"{relative}\0{digest}\n".encode())
     return listing.hexdigest()
+
+
+def file_size(path: Path) -> int:
+    """Bytes of a plain file, or of every file under a directory."""
+    path = Path(path)
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def file_digests(path: Path) -> dict[str, str]:
@@ -150,13 +158,13 @@ def source_date() -> str | None:
 def _normalize(package: Path, metadata: dict[str, str]) -> None:
     manifest = _read_manifest(package)
     _rewrite_spec(package / "Data" / _root_item_path(package, manifest), metadata)
-    _write_atomically(package / MANIFEST_FILE, _manifest_bytes(_with_derived_identifiers(manifest)))
+    _write_atomically(package / PACKAGE_MANIFEST_FILE, _manifest_bytes(_with_derived_identifiers(manifest)))
 
 
 def _read_manifest(package: Path) -> dict:
-    manifest_path = package / MANIFEST_FILE
+    manifest_path = package / PACKAGE_MANIFEST_FILE
     if not manifest_path.is_file():
-        raise SdbuildError(f"'{package}' is not a Core ML package: it has no {MANIFEST_FILE}",
+        raise SdbuildError(f"'{package}' is not a Core ML package: it has no {PACKAGE_MANIFEST_FILE}",
                            f"pass a {PACKAGE_SUFFIX} folder saved by coremltools")
     try:
         return json.loads(manifest_path.read_text(encoding="utf-8"))
@@ -169,7 +177,7 @@ def _root_item_path(package: Path, manifest: dict) -> str:
     entries = manifest.get("itemInfoEntries", {})
     root = entries.get(manifest.get("rootModelIdentifier", ""))
     if root is None or "path" not in root:
-        raise SdbuildError(f"{package / MANIFEST_FILE} names no root model",
+        raise SdbuildError(f"{package / PACKAGE_MANIFEST_FILE} names no root model",
                            "the package is damaged: save or convert it again")
     return root["path"]
 

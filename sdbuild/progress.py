@@ -8,9 +8,13 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterable, TextIO, TypeVar
+from typing import TYPE_CHECKING, Iterable, TextIO, TypeVar
 
 from sdbuild.environ import scoped_environ
+from sdbuild.interrupts import raise_if_interrupted
+
+if TYPE_CHECKING:
+    from sdbuild.manifest import Manifest
 
 # An environment variable rather than a flag object, so multirun workers inherit it.
 QUIET_ENV = "SDBUILD_QUIET"
@@ -51,8 +55,6 @@ def _tqdm(*args, **kwargs):
     # disable=False: entry points set TQDM_DISABLE to mute coremltools' per-pass bars, not ours.
     return tqdm(*args, leave=False, disable=False, dynamic_ncols=True, **kwargs)
 
-from sdbuild.interrupts import raise_if_interrupted
-
 
 @dataclass
 class StageTimer:
@@ -88,6 +90,22 @@ class StageTimer:
 
     def record(self, component: str, stage: str, seconds: float) -> None:
         self.timings.setdefault(component, {})[stage] = round(seconds, 3)
+
+
+def build_summary_table(manifest: "Manifest", timings: dict[str, dict[str, float]]) -> str:
+    """One row per component: file, size, compression, lowest PSNR, seconds."""
+    rows = []
+    for name, info in manifest.components.items():
+        psnr = min((o.psnr_db for o in info.verification.outputs), default=None)
+        rows.append([
+            name,
+            info.file,
+            f"{info.bytes / 1e6:.1f}",
+            info.compression.mode,
+            "-" if psnr is None else f"{psnr:.1f}",
+            f"{sum(timings.get(name, {}).values()):.1f}",
+        ])
+    return format_table(["component", "file", "MB", "compression", "PSNR dB", "seconds"], rows)
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:

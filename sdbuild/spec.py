@@ -19,15 +19,14 @@ from omegaconf.errors import OmegaConfBaseException
 from sdbuild.attention_choice import check_attention
 from sdbuild.cache.remote import check_remote_config
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
+from sdbuild.config.compression_rules import check_chunking, check_compression, quantization_identity
+from sdbuild.config.errors import config_error
 from sdbuild.config.schema import BuildConfig, MinPsnrConfig, SourceKind
 from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
-from sdbuild.config.errors import config_error
 from sdbuild.errors import SdbuildError
 from sdbuild.folders import check_folder
 from sdbuild.package_io import source_date
 from sdbuild.sources import ResolvedSource, resolve_source
-from sdbuild.stages.chunk import check_chunking
-from sdbuild.stages.compress import check_compression, quantization_identity
 from sdbuild.versions import tool_versions
 
 # Config keys that say where things go (or how a sweep reports), not what is built: they do not
@@ -47,9 +46,12 @@ class BuildSpec:
     latent_size: tuple[int, int]
     batch_size: int
     quantization: QuantizationConfig
-    # What compressed bytes depend on, read once here: a mixed-bit recipe file's content with it.
+    layer_plan: dict[str, int] | None  # a mixed-bit layer plan, read once here (None: no plan)
+    # What compressed bytes depend on: the preset and the layer plan's content.
     quantization_identity: dict
     chunking: ChunkingConfig
+    # SOURCE_DATE_EPOCH as a UTC date, read once here: packages carry it, so keys hold it.
+    source_date: str | None
     verify: bool
     min_psnr: MinPsnrConfig
     output_root: Path
@@ -73,14 +75,16 @@ class BuildSpec:
 
     @property
     def build_id(self) -> str:
-        """Derived from what determines the build: recipe (with a mixed-bit recipe file's content),
-        source identity, tool versions."""
+        """Derived from what determines the build: recipe (with a mixed-bit layer plan's content),
+        source identity, tool versions, and SOURCE_DATE_EPOCH's date when set."""
         identity = {
             "recipe": self.build_config,
             "quantization": self.quantization_identity,
             "source": self.source.identity(),
             "tools": tool_versions(),
         }
+        if self.source_date is not None:  # only when set, so undated builds keep their ids
+            identity["source_date"] = self.source_date
         return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
 
     @property
@@ -101,7 +105,7 @@ def plain_config(cfg: DictConfig) -> dict:
 
 def validate(cfg: DictConfig) -> BuildSpec:
     """Check a composed recipe and resolve its source; raise SdbuildError on the first problem."""
-    source_date()  # a bad SOURCE_DATE_EPOCH also breaks library imports (diffusers): refuse it first
+    date = source_date()  # a bad SOURCE_DATE_EPOCH also breaks library imports (diffusers): refuse it first
     data = plain_config(cfg)
     try:
         # Re-merge into the schema: `+key=value` overrides slip past Hydra's struct mode.
@@ -118,7 +122,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
     _check_min_psnr(build.min_psnr)
     output_root, cache_dir = _check_placement(build)
     target = build.target.minimum_deployment_target.value
-    check_compression(build.quantization, target, list(components))
+    layer_plan = check_compression(build.quantization, target, list(components))
     if build.chunking.enabled:
         check_chunking(build.chunking, components)
     if build.cache.remote:
@@ -152,8 +156,10 @@ def validate(cfg: DictConfig) -> BuildSpec:
         latent_size=latent or (arch.default_latent_size, arch.default_latent_size),
         batch_size=build.batch_size,
         quantization=build.quantization,
-        quantization_identity=quantization_identity(build.quantization),
+        layer_plan=layer_plan,
+        quantization_identity=quantization_identity(build.quantization, layer_plan),
         chunking=build.chunking,
+        source_date=date,
         verify=build.verify,
         min_psnr=build.min_psnr,
         output_root=output_root,

@@ -127,3 +127,42 @@ def test_concurrent_builders_share_a_cache_safely(tmp_path):
     for entry in cache.entries():
         assert cache.get(entry.key) is not None, f"entry {entry.key} is corrupt"
     assert json.loads((first / "manifest.json").read_text())["build_id"] == first.name
+
+
+def test_source_date_epoch_reaches_a_warm_cache_build(tiny_build, shared_cache_dir, tmp_path, monkeypatch):
+    """The date is written into the package, so it is part of the convert key and the build id:
+    a cache filled without it must not hand back an undated package."""
+    from sdbuild.quiet import quiet_coremltools
+
+    overrides = [f"cache.dir={shared_cache_dir}", "components=[text_encoder]", "verify=false"]
+    assert main([f"output.dir={tmp_path / 'undated'}", *overrides]) == 0
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")  # 2023-11-14 UTC
+    assert main([f"output.dir={tmp_path / 'dated'}", *overrides]) == 0
+    build = only_build(tmp_path / "dated")
+    assert build.name != only_build(tmp_path / "undated").name, "the date is part of the build id"
+    ct = quiet_coremltools()
+    (package,) = build.glob("*.mlpackage")
+    metadata = ct.models.MLModel(str(package), skip_model_load=True).get_spec().description.metadata.userDefined
+    assert metadata["com.github.apple.coremltools.conversion_date"] == "2023-11-14"
+
+
+def test_verification_reruns_where_more_backends_run(tiny_build, shared_cache_dir, tmp_path, monkeypatch, capsys):
+    """A Mac sharing a cache filled on Linux still runs Core ML: the verify key holds the backends."""
+    from sdbuild.stages import verify
+
+    real_load = verify.load_backend
+    ran_coreml = []
+
+    def load_backend(name, package):
+        if name == "coreml":  # Core ML runs only on macOS: the evaluator stands in for it
+            ran_coreml.append(package)
+            return real_load("evaluator", package)
+        return real_load(name, package)
+
+    monkeypatch.setattr(verify, "available_backends", lambda: ("coreml", "evaluator"))
+    monkeypatch.setattr(verify, "load_backend", load_backend)
+    assert main([f"output.dir={tmp_path}", f"cache.dir={shared_cache_dir}", "components=[vae_decoder]"]) == 0
+    assert len(ran_coreml) == 1, "the Linux verification entry was reused"
+    verification = read_manifest(only_build(tmp_path)).components["vae_decoder"].verification
+    assert verification.backend == "coreml+evaluator"
+    assert "verify    cached" not in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""Where the cache lives when a recipe does not say (cache.dir)."""
+"""Where the build cache lives unless a recipe (`cache.dir`) or a command (`--cache-dir`) says."""
 
 from __future__ import annotations
 

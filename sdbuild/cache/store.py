@@ -37,7 +37,7 @@ from sdbuild.cache.pruning import select_for_pruning
 from sdbuild.cache.remote import RemoteStore
 from sdbuild.errors import SdbuildError
 from sdbuild.folders import make_folder, owner_died, owner_tag
-from sdbuild.package_io import package_digest, replace_path, staging_path
+from sdbuild.package_io import file_size, package_digest, replace_path, staging_path
 
 DATA = "data"
 RECORD = "record.json"
@@ -222,7 +222,7 @@ class BuildCache:
             "key": key,
             "stage": _KEY_PATTERN.match(key)["stage"],
             "digest": digest or package_digest(data),
-            "bytes": _size(data),
+            "bytes": file_size(data),
             "created": time.time(),
             "meta": meta,
         }
@@ -280,12 +280,6 @@ def _read_entry(entry_dir: Path) -> CacheEntry | None:
         last_used = record["created"]
     return CacheEntry(key=record["key"], stage=record["stage"], bytes=record["bytes"], created=record["created"],
                       last_used=last_used, path=entry_dir / DATA, meta=record["meta"])
-
-
-def _size(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
 
 def _make_read_only(path: Path) -> None:

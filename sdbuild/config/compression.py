@@ -1,8 +1,8 @@
 """Recipe schema of weight compression and UNet chunking (the `quantization` and `chunking` nodes).
 
 Presets live in `conf/quantization/*.yaml` and `conf/chunking/*.yaml`. Types are checked when the
-recipe is composed; what depends on the deployment target or on files (bit widths, recipe files,
-op types) is checked by `sdbuild.stages.compress.check_compression` before any work.
+recipe is composed; what depends on the deployment target or on files (bit widths, layer plans,
+op types) is checked by `sdbuild.config.compression_rules.check_compression` before any work.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ class QuantizationConfig:
     components: List[str] = field(
         default_factory=lambda: ["text_encoder", "text_encoder_2", "unet", "control-unet", "controlnet"]
     )
-    # mixed_bit: a JSON file {layer name: nbits} (16 = keep float16), or the name of one shipped
-    # in conf/quantization/mixed_bit_recipes/ (without .json).
+    # mixed_bit: a layer plan, a JSON file {layer name: nbits} (16 = keep float16), or the name
+    # of one shipped in conf/quantization/mixed_bit_recipes/ (without .json).
     mixed_bit_recipe: Optional[str] = None
     # Per-op overrides, the coremltools OptimizationConfig shape: {global: E, op_type: {conv: E},
     # op_name: {<layer or const name>: E}}; E = {mode, nbits, group_size, block_size} or null
-    # (keep float16). Precedence: op_name > mixed-bit recipe > op_type > global > this preset's mode.
+    # (keep float16). Precedence: op_name > mixed-bit layer plan > op_type > global > this preset's mode.
     op_config: Dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # k-means initialisation: the same seed gives the same bytes
     # Weights with at most this many elements stay float16 (the reference's 2048).

@@ -59,9 +59,11 @@ class ChunkedPredictor:
         self._chunks = chunks
 
     def predict(self, inputs):
+        """Every chunk's outputs (a model output may come from any chunk)."""
         available = dict(inputs)
         outputs: dict[str, np.ndarray] = {}
         for predictor, input_names in self._chunks:
-            outputs = predictor.predict({name: available[name] for name in input_names})
-            available.update(outputs)
+            produced = predictor.predict({name: available[name] for name in input_names})
+            available.update(produced)
+            outputs.update(produced)
         return outputs

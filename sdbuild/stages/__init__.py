@@ -1,1 +1,2 @@
-"""Build stages, one module each: load, trace, convert, compress, chunk, verify, store."""
+"""Build stages, one module each (convert, compress, chunk, verify, store; load and trace are
+convert's steps). `stage` says what a stage declares; `pipeline` lists them in order."""

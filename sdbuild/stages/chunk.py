@@ -11,54 +11,33 @@ coremltools' `bisect_model` is not used: it makes only two chunks, counts sub-by
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from sdbuild.config.compression import ChunkingConfig
-from sdbuild.contract import ALL_COMPONENTS, package_file_name
+from sdbuild.config.compression_rules import check_chunking
+from sdbuild.contract import package_file_name
 from sdbuild.errors import SdbuildError
-from sdbuild.metrics import psnr
+from sdbuild.manifest import ChunkInfo, InterfaceInfo
 from sdbuild.quiet import quiet_coremltools
-from sdbuild.stages.compress import load_program, program_to_model, storage_bits
+from sdbuild.mlprogram import load_program, program_to_model, storage_bits
+from sdbuild.stages.stage import REPORT, Stage, StageContext, StageResult
 
 if TYPE_CHECKING:
     import coremltools as ct
     from coremltools.converters.mil.mil import Operation, Program, Var
 
 MIB = 1 << 20
-Evaluate = Callable[[Path, dict[str, np.ndarray]], dict[str, np.ndarray]]
 
 
 @dataclass(frozen=True)
 class ChunkPlan:
     cut_after: tuple[str, ...]  # name of the last op of every chunk but the last
     weight_bytes: tuple[int, ...]  # per chunk (constants read on both sides count in both)
-
-
-@dataclass(frozen=True)
-class ChunkInfo:
-    file: str  # package name, relative to the chunk stage's output folder
-    weight_bytes: int
-    interface: dict  # {"inputs": [{name, shape, dtype}], "outputs": [...]}
-
-
-def check_chunking(cfg: ChunkingConfig, built: Sequence[str] | None = None) -> None:
-    """Checks that need no model: run before any work (``built``: the build's components)."""
-    unknown = [c for c in cfg.components if c not in ALL_COMPONENTS]
-    if unknown:
-        raise SdbuildError(f"chunking.components names unknown component {', '.join(unknown)}",
-                           f"allowed: {', '.join(ALL_COMPONENTS)}")
-    if built is not None and not set(built) & set(cfg.components):
-        raise SdbuildError(f"chunking is on, but this build has no component to chunk ({', '.join(cfg.components)})",
-                           "add unet to components, or use chunking=none")
-    if cfg.num_chunks < 2:
-        raise SdbuildError(f"chunking.num_chunks={cfg.num_chunks} makes no chunks", "use 2 or more, or chunking=none")
-    if cfg.max_chunk_weight_mb <= 0:
-        raise SdbuildError(f"chunking.max_chunk_weight_mb={cfg.max_chunk_weight_mb:g} leaves no room for weights",
-                           "use a positive size in MB, e.g. 1024 for the iOS Neural Engine")
 
 
 def chunk_file_names(model_id: str, component: str, num_chunks: int) -> list[str]:
@@ -108,7 +87,7 @@ def plan_chunks(model: "ct.models.MLModel | Path | Program", cfg: ChunkingConfig
 def chunk(package: Path, cfg: ChunkingConfig, out_dir: Path, model_id: str, component: str) -> list[ChunkInfo]:
     """Write ``package`` as ``cfg.num_chunks`` chunk packages named per the contract into
     ``out_dir``; returns what the manifest records of each."""
-    from sdbuild.package_io import save_package
+    from sdbuild.package_io import file_size, package_digest, save_package
 
     ct = quiet_coremltools()
     source = ct.models.MLModel(str(package), skip_model_load=True)
@@ -124,36 +103,11 @@ def chunk(package: Path, cfg: ChunkingConfig, out_dir: Path, model_id: str, comp
         if index:  # each cut edits its program: a fresh copy per chunk after the first
             prog = load_program(source)
         interface = _cut(prog, first_after, last)
-        save_package(program_to_model(prog, spec), out_dir / name, metadata=metadata)
-        infos.append(ChunkInfo(name, weight_bytes, interface))
+        path = out_dir / name
+        save_package(program_to_model(prog, spec), path, metadata=metadata)
+        infos.append(ChunkInfo(file=name, sha256=package_digest(path), bytes=file_size(path),
+                               interface=InterfaceInfo.model_validate(interface), weight_bytes=weight_bytes))
     return infos
-
-
-def verify_chunks(whole: Path, chunks: list[Path], inputs: dict[str, np.ndarray],
-                  evaluate: Evaluate | None = None) -> float:
-    """Lowest PSNR (dB) of the whole model's outputs vs chunk 1 -> chunk 2 -> ... on ``inputs``."""
-    evaluate = evaluate or _evaluate
-    expected = evaluate(whole, inputs)
-    available = dict(inputs)
-    for path in chunks:
-        needed = _input_names(path)
-        available.update(evaluate(path, {name: available[name] for name in needed}))
-    missing = [name for name in expected if name not in available]
-    if missing:
-        raise SdbuildError(f"the chunks of {whole.name} do not produce {', '.join(missing)}",
-                           "rebuild the chunks from this package")
-    return min(psnr(expected[name], available[name]) for name in expected)
-
-
-def _evaluate(package: Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    from sdbuild.evaluator import ProgramEvaluator
-
-    return ProgramEvaluator(package, fp16_storage=True).predict(inputs)
-
-
-def _input_names(package: Path) -> list[str]:
-    ct = quiet_coremltools()
-    return [i.name for i in ct.models.MLModel(str(package), skip_model_load=True).get_spec().description.input]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,3 +240,48 @@ def _is_program(model) -> bool:
     from coremltools.converters.mil.mil import Program
 
     return isinstance(model, Program)
+
+
+# ----------------------------------------------------------------------------------------------
+# The stage
+
+
+@dataclass(frozen=True)
+class Chunked(StageResult):
+    folder: Path
+    chunks: list[ChunkInfo]
+
+    def save(self, folder: Path) -> None:
+        (folder / REPORT).write_text(json.dumps({"chunks": [c.model_dump() for c in self.chunks]}, sort_keys=True))
+
+    @classmethod
+    def load(cls, folder: Path) -> "Chunked":
+        data = json.loads((folder / REPORT).read_text())
+        return cls(folder, [ChunkInfo.model_validate(c) for c in data["chunks"]])
+
+    def paths(self) -> list[Path]:
+        return [self.folder / c.file for c in self.chunks]
+
+    def files(self, job) -> dict[str, Path]:
+        return {c.file: self.folder / c.file for c in self.chunks}
+
+    def record(self, job) -> dict:
+        return {"chunks": self.chunks}
+
+
+class ChunkStage(Stage):
+    """Key: the package it cuts (its stage's key) and the chunking config. Writes the chunk
+    packages under their contract names and `report.json`."""
+
+    name = "chunk"
+    result = Chunked
+
+    def key_parts(self, ctx: StageContext) -> dict | None:
+        if not ctx.job.chunk:
+            return None
+        after, _ = ctx.latest_package()
+        return {"after": after, "chunking": asdict(ctx.spec.chunking)}
+
+    def run(self, ctx: StageContext, out: Path) -> Chunked:
+        spec = ctx.spec
+        return Chunked(out, chunk(ctx.latest_package()[1], spec.chunking, out, spec.source.model_id, ctx.job.component))

@@ -85,6 +85,7 @@ def compressed(tmp_path_factory):
     """compressed(package, cfg, target) -> (saved package, report), each combination once."""
     from sdbuild.package_io import save_package
     from sdbuild.quiet import quiet_coremltools
+    from sdbuild.config.layer_plan import layer_plan_of
     from sdbuild.stages.compress import compress
 
     ct = quiet_coremltools()
@@ -95,7 +96,7 @@ def compressed(tmp_path_factory):
         key = hashlib.sha256(repr((str(package), cfg, target)).encode()).hexdigest()[:16]
         if key not in done:
             model = ct.models.MLModel(str(package), skip_model_load=True)
-            result, report = compress(model, cfg, "unet", target)
+            result, report = compress(model, cfg, "unet", target, layer_plan_of(cfg))
             path = root / key / "unet.mlpackage"
             save_package(result, path)
             done[key] = (path, report)
@@ -109,7 +110,7 @@ def program_summary(package: Path) -> tuple[tuple, dict[str, int], dict[str, int
     """(weight tensors, op count by type, rank by op name) of a saved package, loaded once."""
     from collections import Counter
 
-    from sdbuild.stages.compress import load_program, weight_tensors
+    from sdbuild.mlprogram import load_program, weight_tensors
 
     prog = load_program(package)
     ops = list(prog.functions["main"].operations)

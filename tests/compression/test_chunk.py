@@ -8,12 +8,18 @@ import pytest
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 from sdbuild.contract import package_file_name
 from sdbuild.errors import SdbuildError
-from sdbuild.stages.chunk import chunk, plan_chunks, verify_chunks
+from sdbuild.stages.chunk import chunk, plan_chunks
+from sdbuild.stages.verify import chunked_outputs, load_backend, lowest_psnr
 
 from .conftest import TEST_WEIGHT_THRESHOLD, program_summary
 
 MODEL_ID = "test/tiny-sd21-base"
 TWO = ChunkingConfig(enabled=True)
+
+
+def chunks_psnr(whole, folder, infos, inputs) -> float:
+    """The chunk pipeline (as the verify stage and the runner run it) vs the whole model."""
+    return lowest_psnr(load_backend("evaluator", whole).predict(inputs), chunked_outputs(folder, infos, inputs))
 
 
 @pytest.fixture(scope="module")
@@ -28,14 +34,15 @@ def test_two_chunks_named_by_the_contract_with_the_unet_interface_at_the_ends(fl
     assert all((out / i.file).is_dir() for i in infos)
     first, second = infos
     unet_inputs = [t.as_dict() for t in tiny_interface.inputs]
-    assert first.interface["inputs"] == unet_inputs, "chunk 1 takes the UNet's inputs, unchanged"
-    assert second.interface["outputs"] == [t.as_dict() for t in tiny_interface.outputs]
-    crossing = {t["name"] for t in first.interface["outputs"]}
-    assert crossing and all(t["dtype"] == "float32" for t in first.interface["outputs"])
-    from_first = [t for t in second.interface["inputs"] if t["name"] in crossing]
+    first_io, second_io = first.interface.model_dump(), second.interface.model_dump()
+    assert first_io["inputs"] == unet_inputs, "chunk 1 takes the UNet's inputs, unchanged"
+    assert second_io["outputs"] == [t.as_dict() for t in tiny_interface.outputs]
+    crossing = {t["name"] for t in first_io["outputs"]}
+    assert crossing and all(t["dtype"] == "float32" for t in first_io["outputs"])
+    from_first = [t for t in second_io["inputs"] if t["name"] in crossing]
     assert from_first and all(t["dtype"] == "float32" for t in from_first)
     # Chunk 2 reads nothing but chunk 1's outputs and the UNet's own inputs.
-    assert {t["name"] for t in second.interface["inputs"]} <= crossing | {t["name"] for t in unet_inputs}
+    assert {t["name"] for t in second_io["inputs"]} <= crossing | {t["name"] for t in unet_inputs}
 
 
 def test_chunks_split_the_weights_about_evenly(unet_ios16, float_chunks):
@@ -48,7 +55,7 @@ def test_chunks_split_the_weights_about_evenly(unet_ios16, float_chunks):
 
 def test_chunk_pipeline_matches_the_whole_model(unet_ios16, float_chunks, tiny_inputs):
     out, infos = float_chunks
-    assert verify_chunks(unet_ios16, [out / i.file for i in infos], tiny_inputs) >= 35.0
+    assert chunks_psnr(unet_ios16, out, infos, tiny_inputs) >= 35.0
 
 
 def test_three_chunks_also_match(unet_ios16, tmp_path, tiny_inputs):
@@ -56,7 +63,7 @@ def test_three_chunks_also_match(unet_ios16, tmp_path, tiny_inputs):
     assert [i.file for i in infos][-1].endswith("_chunk3.mlpackage")
     sizes = [i.weight_bytes for i in infos]
     assert max(sizes) / min(sizes) < 1.4
-    assert verify_chunks(unet_ios16, [tmp_path / i.file for i in infos], tiny_inputs) >= 35.0
+    assert chunks_psnr(unet_ios16, tmp_path, infos, tiny_inputs) >= 35.0
 
 
 @pytest.mark.parametrize("name,target,constexpr", [
@@ -77,7 +84,7 @@ def test_chunks_of_a_compressed_model_stay_compressed(name, target, constexpr, u
         assert ops[constexpr] > 0
         assert {w.element_bits for w in weights if w.compressed} == {4}
     assert sum(i.weight_bytes for i in infos) < 1.02 * report.weight_bytes_after
-    assert verify_chunks(package, paths, tiny_inputs) >= 35.0
+    assert chunks_psnr(package, tmp_path, infos, tiny_inputs) >= 35.0
 
 
 def test_a_chunk_over_the_limit_fails_with_the_sizes(unet_ios16, tmp_path):

@@ -10,10 +10,10 @@ from omegaconf import OmegaConf
 
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 from sdbuild.errors import SdbuildError
-from sdbuild.stages.chunk import check_chunking
-from sdbuild.stages.compress import (
-    DEPLOYMENT_TARGETS, check_compression, compression_rules, quantization_identity, read_recipe, shipped_recipes,
+from sdbuild.config.compression_rules import (
+    DEPLOYMENT_TARGETS, check_chunking, check_compression, compression_rules, quantization_identity,
 )
+from sdbuild.config.layer_plan import layer_plan_of, read_layer_plan, shipped_layer_plans
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 QUANTIZATION_PRESETS = sorted(p.stem for p in (CONF / "quantization").glob("*.yaml"))
@@ -44,7 +44,7 @@ def test_preset_header_says_what_and_how(group, name):
 @pytest.mark.parametrize("name", QUANTIZATION_PRESETS)
 def test_quantization_preset_checks_on_its_target(name):
     cfg = preset("quantization", name, QuantizationConfig)
-    rules = compression_rules(cfg)
+    rules = compression_rules(cfg, layer_plan_of(cfg))
     needs_ios18 = any(s.mode in ("grouped_kmeans", "blockwise_int4") for s in rules.schemes())
     check_compression(cfg, "iOS18", BUILT)
     check_compression(cfg, "macOS15", BUILT)
@@ -74,11 +74,11 @@ def test_chunking_presets(name):
         assert set(cfg.components) == {"unet", "control-unet"}
 
 
-def test_mixed_bit_preset_names_a_shipped_recipe():
+def test_mixed_bit_preset_names_a_shipped_layer_plan():
     cfg = preset("quantization", "mixed_bit", QuantizationConfig)
-    assert cfg.mixed_bit_recipe in shipped_recipes()
-    recipe = read_recipe(cfg.mixed_bit_recipe)
-    assert set(recipe.values()) <= {1, 2, 4, 6, 8, 16} and len(set(recipe.values())) > 1
+    assert cfg.mixed_bit_recipe in shipped_layer_plans()
+    plan = read_layer_plan(cfg.mixed_bit_recipe)
+    assert set(plan.values()) <= {1, 2, 4, 6, 8, 16} and len(set(plan.values())) > 1
 
 
 @pytest.mark.parametrize("cfg,message", [
@@ -120,14 +120,14 @@ def test_target_is_not_checked_when_the_preset_covers_nothing_built():
         check_compression(cfg, "iOS19", ["vae_decoder"])
 
 
-def test_recipe_file_values_are_validated(tmp_path):
+def test_layer_plan_file_values_are_validated(tmp_path):
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"down_blocks.0.resnets.0.conv1": 3}))
     with pytest.raises(SdbuildError, match="bit widths outside"):
         check_compression(QuantizationConfig(mode="mixed_bit", mixed_bit_recipe=str(bad)), "iOS17", BUILT)
     bad.write_text("{not json")
     with pytest.raises(SdbuildError, match="not valid JSON"):
-        read_recipe(str(bad))
+        read_layer_plan(str(bad))
 
 
 def test_precedence_name_over_type_over_global():
@@ -136,7 +136,7 @@ def test_precedence_name_over_type_over_global():
         "op_type": {"conv": {"mode": "linear8"}, "linear": None},
         "op_name": {"conv_in": {"mode": "kmeans", "nbits": 8}},
     })
-    rules = compression_rules(cfg)
+    rules = compression_rules(cfg, None)
     assert (rules.default.mode, rules.default.nbits) == ("kmeans", 4)
     assert rules.by_type["conv"].mode == "linear8" and rules.by_type["linear"] is None
     assert rules.by_type["gather"] is None, "embedding tables stay float16, as in the reference"
@@ -154,13 +154,13 @@ def test_grouped_preset_on_an_ios17_recipe_fails_at_validation_before_any_work(t
     assert not any(tmp_path.iterdir())
 
 
-def test_cache_identity_follows_the_recipe_content_not_its_path(tmp_path):
-    recipe = tmp_path / "r.json"
-    recipe.write_text('{"conv_in": 4}')
-    cfg = QuantizationConfig(mode="mixed_bit", mixed_bit_recipe=str(recipe))
-    before = quantization_identity(cfg)
-    recipe.write_text('{"conv_in": 6}')
-    assert quantization_identity(cfg) != before
+def test_cache_identity_follows_the_layer_plan_content_not_its_path(tmp_path):
+    plan = tmp_path / "r.json"
+    plan.write_text('{"conv_in": 4}')
+    cfg = QuantizationConfig(mode="mixed_bit", mixed_bit_recipe=str(plan))
+    before = quantization_identity(cfg, layer_plan_of(cfg))
+    plan.write_text('{"conv_in": 6}')
+    assert quantization_identity(cfg, layer_plan_of(cfg)) != before
     assert json.dumps(before, sort_keys=True), "plain JSON data"
 
 

@@ -14,7 +14,8 @@ from sdbuild.errors import SdbuildError
 from sdbuild.metrics import psnr
 from sdbuild.package_io import package_digest, save_package
 from sdbuild.quiet import quiet_coremltools
-from sdbuild.stages.compress import compress, read_recipe
+from sdbuild.config.layer_plan import layer_plan_of, read_layer_plan
+from sdbuild.stages.compress import compress
 
 from .conftest import TEST_WEIGHT_THRESHOLD, assert_recipe_applied, program_summary
 
@@ -142,13 +143,13 @@ def test_op_config_precedence_on_the_model(unet_ios16, compressed):
     assert report.weights_by_nbits["2"] == 1
 
 
-def test_mixed_bit_recipe_is_applied_by_layer_name(unet_ios16, compressed):
+def test_mixed_bit_layer_plan_is_applied_by_layer_name(unet_ios16, compressed):
     cfg = preset("mixed_bit")
-    recipe = read_recipe(cfg.mixed_bit_recipe)
+    recipe = read_layer_plan(cfg.mixed_bit_recipe)
     package, report = compressed(unet_ios16, cfg, "iOS16")
     # Every layer keeps its name through conversion, to_q included (its attention scale is
     # folded into the weight before tracing, not by coremltools after).
-    assert report.unmatched_recipe_layers == []
+    assert report.unmatched_plan_layers == []
     assert any(layer.endswith(".to_q") for layer in recipe)
     assert_recipe_applied(recipe, package)
     assert report.nbits == sorted(set(recipe.values()) - {16})
@@ -156,13 +157,14 @@ def test_mixed_bit_recipe_is_applied_by_layer_name(unet_ios16, compressed):
     assert report.avg_bits_per_weight == pytest.approx(4.0, abs=0.05)
 
 
-def test_a_recipe_for_another_model_fails(unet_ios16, tmp_path):
+def test_a_layer_plan_for_another_model_fails(unet_ios16, tmp_path):
     ct = quiet_coremltools()
     recipe = tmp_path / "other.json"
     recipe.write_text('{"down_blocks.9.resnets.0.conv1": 4, "encoder.mid.conv": 6}')
     model = ct.models.MLModel(str(unet_ios16), skip_model_load=True)
-    with pytest.raises(SdbuildError, match=r"no layer of the mixed-bit recipe .* down_blocks\.9\.resnets\.0\.conv1"):
-        compress(model, QuantizationConfig(mode="mixed_bit", mixed_bit_recipe=str(recipe)), "unet", "iOS16")
+    cfg = QuantizationConfig(mode="mixed_bit", mixed_bit_recipe=str(recipe))
+    with pytest.raises(SdbuildError, match=r"no layer of the mixed-bit layer plan .* down_blocks\.9\.resnets\.0\.conv1"):
+        compress(model, cfg, "unet", "iOS16", layer_plan_of(cfg))
 
 
 def test_a_misspelt_op_name_fails(unet_ios16):

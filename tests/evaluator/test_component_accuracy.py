@@ -1,4 +1,4 @@
-"""Evaluator vs PyTorch on tiny VAE decoders/encoders, CLIP text encoders and einsum attention.
+"""Evaluator vs PyTorch on tiny VAE decoders/encoders, CLIP text encoders and SPLIT_EINSUM UNets.
 
 In fp16 mode (float16 storage, as on device) the contract's 35 dB gate must hold. In float32
 mode a float16-precision artifact still carries float16 weights and constants, which bounds the
@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import pytest
 
-from evaluator_builders import (
-    EINSUM_INTERFACE, EinsumAttention, build_component, convert, random_inputs, torch_outputs,
-)
+from synthetic_components import synthetic_component
+
 from sdbuild.evaluator import ProgramEvaluator
 from sdbuild.metrics import psnr
+from sdbuild.sample_inputs import sample_inputs
+from sdbuild.stages.convert import convert_module
+from sdbuild.stages.trace import reference_outputs
 
 FP16_GATE_DB = 35.0
 FP16_WEIGHTS_FP32_MATH_DB = 55.0
@@ -40,10 +42,10 @@ def _min_psnr(reference: dict, candidate: dict) -> float:
 @pytest.mark.parametrize("arch, component, precision, target", CASES,
                          ids=[f"{c[0]}-{c[1]}-{c[2]}-{c[3]}" for c in CASES])
 def test_component_matches_pytorch(arch, component, precision, target):
-    module, interface = build_component(arch, component)
-    model = convert(module, interface, precision=precision, target=target)
-    inputs = random_inputs(interface, seed=1)
-    reference = torch_outputs(module, interface, inputs)
+    module, interface = synthetic_component(arch, component)
+    model = convert_module(module, interface, precision=precision, target=target)
+    inputs = sample_inputs(interface, seed=1)
+    reference = reference_outputs(module, interface, inputs)
 
     device = ProgramEvaluator(model, fp16_storage=True).predict(inputs)
     exact = ProgramEvaluator(model).predict(inputs)
@@ -57,16 +59,13 @@ def test_component_matches_pytorch(arch, component, precision, target):
 
 @pytest.mark.parametrize("precision", ["float16", "float32"])
 def test_split_einsum_attention_matches_pytorch(precision):
-    import torch
-
-    torch.manual_seed(0)
-    module = EinsumAttention().eval()
-    model = convert(module, EINSUM_INTERFACE, precision=precision, target="iOS16")
+    module, interface = synthetic_component("tiny-sd15", "unet", attention="SPLIT_EINSUM")
+    model = convert_module(module, interface, precision=precision, target="iOS16")
     ops = {op.type for op in model.get_spec().mlProgram.functions["main"]
            .block_specializations["CoreML6"].operations}
     assert "einsum" in ops or "matmul" in ops
-    inputs = random_inputs(EINSUM_INTERFACE, seed=1)
-    reference = torch_outputs(module, EINSUM_INTERFACE, inputs)
+    inputs = sample_inputs(interface, seed=1)
+    reference = reference_outputs(module, interface, inputs)
     assert _min_psnr(reference, ProgramEvaluator(model, fp16_storage=True).predict(inputs)) \
         >= FP16_GATE_DB
     floor = FP32_ARTIFACT_DB if precision == "float32" else FP16_WEIGHTS_FP32_MATH_DB

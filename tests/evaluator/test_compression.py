@@ -7,12 +7,18 @@ import numpy as np
 import pytest
 import torch
 
-import coremltools.optimize.coreml as cto
-from evaluator_builders import build_component, convert, quiet_conversion, random_inputs, \
-    torch_outputs
+from synthetic_components import synthetic_component
+
 from sdbuild import contract
 from sdbuild.evaluator import ProgramEvaluator
 from sdbuild.metrics import psnr
+from sdbuild.quiet import quiet_coremltools
+from sdbuild.sample_inputs import sample_inputs
+from sdbuild.stages.convert import convert_module
+from sdbuild.stages.trace import reference_outputs
+
+quiet_coremltools()
+import coremltools.optimize.coreml as cto  # noqa: E402
 
 
 class TinyConvNet(torch.nn.Module):
@@ -28,7 +34,7 @@ class TinyConvNet(torch.nn.Module):
     def forward(self, x):
         y = torch.nn.functional.silu(self.conv1(x))
         y = self.conv2(y).mean(dim=(2, 3))
-        return self.fc2(torch.nn.functional.silu(self.fc1(y)))
+        return (self.fc2(torch.nn.functional.silu(self.fc1(y))),)  # outputs as a tuple, as contract modules
 
 
 INTERFACE = contract.Interface(
@@ -108,46 +114,43 @@ def network():
                          ids=[c[0] for c in CASES])
 def test_compressed_model_matches_its_decompressed_weights(network, case_id, target, compress,
                                                            constexpr_op, torch_floor_db):
-    model = convert(network, INTERFACE, target=target)
-    with quiet_conversion():
-        compressed = compress(model)
-        decompressed = cto.decompress_weights(compressed)
+    model = convert_module(network, INTERFACE, precision="float16", target=target)
+    compressed = compress(model)
+    decompressed = cto.decompress_weights(compressed)
     assert constexpr_op in _op_types(compressed)
     assert not any(op.startswith("constexpr_") for op in _op_types(decompressed))
 
-    inputs = random_inputs(INTERFACE, seed=1)
+    inputs = sample_inputs(INTERFACE, seed=1)
     for fp16_storage in (True, False):
         ours = ProgramEvaluator(compressed, fp16_storage=fp16_storage).predict(inputs)["y"]
         theirs = ProgramEvaluator(decompressed, fp16_storage=fp16_storage).predict(inputs)["y"]
         # Same weights either way, up to rounding: coremltools stores the decompressed weights
         # in float16, float32 mode keeps the float32 products of scales and values.
         assert psnr(theirs, ours) >= 80.0
-    reference = torch_outputs(network, INTERFACE, inputs)["y"]
+    reference = reference_outputs(network, INTERFACE, inputs)["y"]
     assert psnr(reference, ours) >= torch_floor_db
 
 
 def test_palettized_text_encoder_matches_its_decompressed_weights():
-    module, interface = build_component("tiny-sd15", contract.TEXT_ENCODER)
-    model = convert(module, interface, target="iOS16")
+    module, interface = synthetic_component("tiny-sd15", contract.TEXT_ENCODER)
+    model = convert_module(module, interface, precision="float16", target="iOS16")
     config = cto.OptimizationConfig(op_type_configs={
         "linear": cto.OpPalettizerConfig(mode="kmeans", nbits=8, weight_threshold=0)})
-    with quiet_conversion():
-        compressed = cto.palettize_weights(model, config)
-        decompressed = cto.decompress_weights(compressed)
+    compressed = cto.palettize_weights(model, config)
+    decompressed = cto.decompress_weights(compressed)
     assert "constexpr_lut_to_dense" in _op_types(compressed)
-    inputs = random_inputs(interface, seed=1)
+    inputs = sample_inputs(interface, seed=1)
     ours = ProgramEvaluator(compressed, fp16_storage=True).predict(inputs)
     theirs = ProgramEvaluator(decompressed, fp16_storage=True).predict(inputs)
-    reference = torch_outputs(module, interface, inputs)
+    reference = reference_outputs(module, interface, inputs)
     for name in reference:
         np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-3, atol=1e-3)
         assert psnr(reference[name], ours[name]) >= 35.0
 
 
 def test_constexpr_ops_are_folded_at_load_time(network):
-    model = convert(network, INTERFACE, target="iOS18")
-    with quiet_conversion():
-        compressed = _palettize(4, granularity="per_grouped_channel", group_size=4)(model)
+    model = convert_module(network, INTERFACE, precision="float16", target="iOS18")
+    compressed = _palettize(4, granularity="per_grouped_channel", group_size=4)(model)
     evaluator = ProgramEvaluator(compressed)
     assert not any(step.op_type.startswith("constexpr_") for step in evaluator._steps)
     assert evaluator.ios == 18

@@ -5,19 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import coremltools as ct
-from coremltools.converters.mil import Builder as mb
-from coremltools.converters.mil.mil import types
-
-from evaluator_builders import quiet_conversion
 from sdbuild.errors import SdbuildError
 from sdbuild.evaluator import ProgramEvaluator, UnsupportedOpError, evaluate
+from sdbuild.quiet import quiet_coremltools
+
+ct = quiet_coremltools()
+from coremltools.converters.mil import Builder as mb  # noqa: E402
+from coremltools.converters.mil.mil import types  # noqa: E402
 
 
 def _convert(program, target=ct.target.iOS16, **kwargs):
-    with quiet_conversion():
-        return ct.convert(program, convert_to="mlprogram", minimum_deployment_target=target,
-                          compute_precision=ct.precision.FLOAT32, skip_model_load=True, **kwargs)
+    return ct.convert(program, convert_to="mlprogram", minimum_deployment_target=target,
+                      compute_precision=ct.precision.FLOAT32, skip_model_load=True, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -136,8 +135,7 @@ def test_neural_network_models_are_refused():
     def program(x):
         return mb.relu(x=x)
 
-    with quiet_conversion():
-        model = ct.convert(program, convert_to="neuralnetwork", skip_model_load=True)
+    model = ct.convert(program, convert_to="neuralnetwork", skip_model_load=True)
     with pytest.raises(SdbuildError, match="not an ML Program"):
         ProgramEvaluator(model)
 

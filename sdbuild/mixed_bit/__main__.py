@@ -1,0 +1,3 @@
+from sdbuild.mixed_bit.cli import main
+
+raise SystemExit(main())

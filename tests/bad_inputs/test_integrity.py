@@ -317,10 +317,12 @@ def test_plain_min_psnr_overrides_set_each_recorded_threshold(tiny_build, shared
 
 def test_the_chunk_gate_fails_below_its_default():
     """A chunk pipeline that drifts from the whole model (59 dB) fails the default 60 dB gate."""
-    passing = {"outputs": [{"name": "noise_pred", "psnr_db": 80.0}], "chunks_psnr_db": 61.0}
-    verify_stage.gate("unet", passing, 35.0, 60.0)
+    from sdbuild.manifest import OutputCheck
+
+    outputs = [OutputCheck(name="noise_pred", psnr_db=80.0)]
+    verify_stage.gate("unet", verify_stage.Verified("evaluator", outputs, chunks_psnr_db=61.0), 35.0, 60.0)
     with pytest.raises(SdbuildError, match=r"chunk pipeline has PSNR 59.00 dB .* below the threshold of 60.00 dB"):
-        verify_stage.gate("unet", {**passing, "chunks_psnr_db": 59.0}, 35.0, 60.0)
+        verify_stage.gate("unet", verify_stage.Verified("evaluator", outputs, chunks_psnr_db=59.0), 35.0, 60.0)
 
 
 def test_every_component_has_a_gate_key():

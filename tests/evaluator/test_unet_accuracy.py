@@ -1,8 +1,9 @@
 """Evaluator vs PyTorch on the tiny UNet of every architecture.
 
-Each architecture is converted for a different deployment target so that the attention forms
-coremltools emits are all covered: matmul + softmax (iOS16/17, which float32 mode runs as one
-fused attention kernel) and the ``scaled_dot_product_attention`` op (iOS18).
+Each architecture is converted for a different deployment target. sdbuild's UNets spell attention
+out as matmul + softmax (as Apple's converter does) for every target, so coremltools emits no
+``scaled_dot_product_attention`` op for them even at iOS18; that op, which other converters'
+packages hold, is checked on a module of its own.
 """
 
 from __future__ import annotations
@@ -35,8 +36,7 @@ def test_unet_matches_pytorch(arch, target):
     module, interface = synthetic_component(arch, "unet", latent=8, batch=2)
     model = convert_module(module, interface, precision="float16", target=target)
     ops = set(op_list(model))
-    expected_attention = "scaled_dot_product_attention" if target == "iOS18" else "softmax"
-    assert expected_attention in ops
+    assert "softmax" in ops
 
     inputs = sample_inputs(interface, seed=1)
     reference = reference_outputs(module, interface, inputs)["noise_pred"]
@@ -58,3 +58,24 @@ def test_float32_mode_fuses_the_attention_of_a_built_unet():
     steps = ProgramEvaluator(model)._steps
     fused = sum(s.op_type == "matmul+softmax+matmul" for s in steps)
     assert fused == sum(op == "softmax" for op in op_list(model)) > 0
+
+
+def test_scaled_dot_product_attention_op_matches_pytorch():
+    import torch
+    import torch.nn.functional as F
+
+    from sdbuild.contract import Interface, TensorSpec
+
+    class Attention(torch.nn.Module):
+        def forward(self, q, k, v):
+            return (F.scaled_dot_product_attention(q, k, v),)
+
+    shape = (2, 4, 16, 8)
+    interface = Interface(inputs=tuple(TensorSpec(n, shape, "float32") for n in ("q", "k", "v")),
+                          outputs=(TensorSpec("out", shape, "float32"),))
+    module = Attention().eval()
+    model = convert_module(module, interface, precision="float16", target="iOS18")
+    assert "scaled_dot_product_attention" in set(op_list(model))
+    inputs = sample_inputs(interface, seed=3)
+    reference = reference_outputs(module, interface, inputs)["out"]
+    assert psnr(reference, ProgramEvaluator(model).predict(inputs)["out"]) >= 55.0

@@ -6,7 +6,7 @@
 Each launcher runs the same sweep (`python -m sdbuild -m ...`) on its own empty stage cache and
 output folder. Peak memory is the largest sum of resident memory over the sweep's whole process
 tree (launcher workers and every variant's build), sampled every 0.2 s. Conversions and
-compressions are counted from the builds' progress lines: with a shared cache each component is
+compressions are counted from the variants' build logs: with a shared cache each component is
 converted once, whatever the launcher. Joblib runs 2 workers; `ray` starts a local Ray cluster.
 """
 
@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 from build_cache import count  # noqa: E402
 
 from sdbuild.progress import format_table  # noqa: E402
+from sdbuild.sweep.variant import LOG_FILE  # noqa: E402
 
 LAUNCHER_OVERRIDES = {"joblib": ["hydra.launcher.n_jobs=2"]}
 
@@ -58,8 +59,11 @@ def run_sweep(launcher: str, recipe: str, sweep: list[str], work: Path) -> dict:
     text = log.read_text()
     if sweep_process.returncode != 0:
         raise SystemExit(f"{launcher} sweep failed (exit {sweep_process.returncode}):\n{text[-3000:]}")
+    # Each variant's job keeps its build's log, whatever the launcher does with stdout (submitit
+    # writes it to files of its own).
+    builds = "".join(p.read_text() for p in sorted((work / "sweep").glob(f"*/{LOG_FILE}")))
     return {"launcher": launcher, "seconds": seconds, "peak_gb": peak / 1e9,
-            "conversions": count(text, "convert"), "compressions": count(text, "compress")}
+            "conversions": count(builds, "convert"), "compressions": count(builds, "compress")}
 
 
 def main() -> None:

@@ -37,7 +37,8 @@ def measure_row(arch_name: str, component: str, attention: str, convert: bool) -
 
     from sdbuild import contract
     from sdbuild.metrics import psnr
-    from sdbuild.models import build_component_module, submodel_folders
+    from sdbuild.contract import submodel_folders
+    from sdbuild.models import build_component_module
     from sdbuild.models.reference import reference_outputs
     from sdbuild.sample_inputs import sample_inputs
     from sdbuild.sources import load_submodel

@@ -50,6 +50,16 @@ SUBMODEL_OF = {
     SAFETY_CHECKER: "safety_checker",
 }
 
+
+
+def submodel_folders(component: str) -> tuple[str, ...]:
+    """Every source folder ``component`` is built from: a ControlNet needs its own checkpoint's
+    folder beside the UNet's."""
+    if component == CONTROLNET:
+        return (SUBMODEL_OF[component], "controlnet")
+    return (SUBMODEL_OF[component],)
+
+
 VERSION_METADATA_KEY = "com.github.apple.ml-stable-diffusion.version"
 
 

@@ -134,6 +134,9 @@ class Manifest(_Strict):
     tokenizer: list[FileInfo]
     components: dict[str, ComponentInfo]
     tools: dict[str, str]
+    # What the recipe added to the source's weights (LoRA, VAE, embeddings, ControlNet): each
+    # one's kind and identity (file digests, scale), in the order they were applied.
+    additions: list[dict] = []
 
 
 def write_manifest(manifest: Manifest, build_dir: Path) -> Path:

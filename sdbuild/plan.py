@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sdbuild.contract import (
     SUBMODEL_OF, VAE_DECODER, VAE_ENCODER, Interface, component_interface, package_file_name,
-    vae_precision,
+    submodel_folders, vae_precision,
 )
 from sdbuild.attention_choice import ATTENTION_COMPONENTS
 from sdbuild.spec import BuildSpec
@@ -16,6 +16,7 @@ from sdbuild.spec import BuildSpec
 class ComponentJob:
     component: str
     submodel: str  # the source folder whose weights it needs (and only those)
+    folders: tuple[str, ...]  # every submodel folder it loads (a ControlNet: the UNet's and its own)
     interface: Interface
     precision: str
     file_name: str
@@ -34,6 +35,7 @@ def plan_jobs(spec: BuildSpec) -> list[ComponentJob]:
             ComponentJob(
                 component=component,
                 submodel=SUBMODEL_OF[component],
+                folders=submodel_folders(component),
                 interface=component_interface(component, spec.arch, spec.latent_size, spec.batch_size),
                 precision=precision,
                 file_name=package_file_name(spec.source.model_id, component),

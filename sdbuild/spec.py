@@ -27,6 +27,7 @@ from sdbuild.errors import SdbuildError
 from sdbuild.folders import check_folder
 from sdbuild.package_io import source_date
 from sdbuild.sources import ResolvedSource, resolve_source
+from sdbuild.sources.additions import Addition, identities, resolve_additions
 from sdbuild.versions import tool_versions
 
 # Config keys that say where things go (or how a sweep reports), not what is built: they do not
@@ -39,6 +40,7 @@ class BuildSpec:
     recipe: str
     config: dict  # the resolved recipe as plain JSON-able data, recorded in the manifest
     source: ResolvedSource
+    additions: tuple[Addition, ...]  # LoRA, another VAE, embeddings, ControlNet: in apply order
     components: tuple[str, ...]
     attention: str
     deployment_target: str
@@ -76,7 +78,8 @@ class BuildSpec:
     @property
     def build_id(self) -> str:
         """Derived from what determines the build: recipe (with a mixed-bit layer plan's content),
-        source identity, tool versions, and SOURCE_DATE_EPOCH's date when set."""
+        source identity, the additions' contents, tool versions, and SOURCE_DATE_EPOCH's date
+        when set."""
         identity = {
             "recipe": self.build_config,
             "quantization": self.quantization_identity,
@@ -85,6 +88,8 @@ class BuildSpec:
         }
         if self.source_date is not None:  # only when set, so undated builds keep their ids
             identity["source_date"] = self.source_date
+        if self.additions:  # only when there are some, so plain builds keep their ids
+            identity["additions"] = identities(self.additions)
         return hashlib.sha256(canonical_json(identity).encode()).hexdigest()[:16]
 
     @property
@@ -142,6 +147,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
             "controlnet builds need a ControlNet checkpoint, which only model.source=synthetic provides so far",
             "drop controlnet from components, or use model.source=synthetic",
         )
+    additions = resolve_additions(build, source, cache_dir)
     attention = build.attention.implementation.value
     for component in components:
         check_attention(component, attention, arch)
@@ -149,6 +155,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
         recipe=build.name,
         config=data,
         source=source,
+        additions=additions,
         components=components,
         attention=attention,
         deployment_target=target,

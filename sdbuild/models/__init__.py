@@ -21,13 +21,6 @@ from sdbuild.models.unet import UNet
 from sdbuild.models.vae import VAEDecoder, VAEEncoder
 
 
-def submodel_folders(component: str) -> tuple[str, ...]:
-    """The loaded submodels ``build_component_module`` needs for ``component``."""
-    if component == contract.CONTROLNET:
-        return (contract.SUBMODEL_OF[component], "controlnet")
-    return (contract.SUBMODEL_OF[component],)
-
-
 def _submodel(component: str, submodels: dict[str, nn.Module], folder: str) -> nn.Module:
     if folder not in submodels:
         raise SdbuildError(

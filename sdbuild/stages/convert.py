@@ -1,7 +1,7 @@
 """Convert stage: load one component's weights, trace it, convert it to a float16 (or float32) ML
 Program with the contract's interface, and keep the PyTorch reference outputs for verification.
 
-Key: the source, the component's interface, attention, precision, deployment target, tool
+Key: the source, the additions that change its weights, the component's interface, attention, precision, deployment target, tool
 versions and SOURCE_DATE_EPOCH's date (written into the package). Writes `model.mlpackage` and
 `reference.npz` (the verification inputs as `in.<name>`, the float32 outputs as `out.<name>`).
 """
@@ -17,6 +17,7 @@ import numpy as np
 from sdbuild.contract import Interface
 from sdbuild.manifest import CompressionInfo
 from sdbuild.quiet import quiet_coremltools
+from sdbuild.sources.additions import identities
 from sdbuild.stages.stage import PACKAGE, Stage, StageContext, StageResult
 from sdbuild.versions import tool_versions
 
@@ -107,6 +108,9 @@ class ConvertStage(Stage):
         }
         if spec.source_date is not None:  # only when set, so undated builds keep their keys
             parts["source_date"] = spec.source_date
+        additions = identities(spec.additions, job.folders)
+        if additions:  # only when some touch this component, so its other keys stay as they were
+            parts["additions"] = additions
         return parts
 
     def run(self, ctx: StageContext, out: Path) -> Converted:
@@ -119,7 +123,7 @@ class ConvertStage(Stage):
 
         spec, job = ctx.spec, ctx.job
         with ctx.step("load", f"{job.submodel} weights only"):
-            module = load.load_component(spec.source, job)
+            module = load.load_component(spec, job)
         with ctx.step("trace"):
             traced = trace_module(module, job.interface, sample_inputs(job.interface, seed=0))
             verify_inputs = sample_inputs(job.interface, seed=VERIFICATION_SEED)

@@ -1,4 +1,5 @@
-"""Load stage: the source weights of one component (only that submodel) -> its contract module."""
+"""Load stage: the source weights of one component (only its submodels), with the recipe's
+additions (LoRA, another VAE, embeddings, ControlNet) -> its contract module."""
 
 from __future__ import annotations
 
@@ -6,12 +7,11 @@ import torch
 
 from sdbuild.models import build_component_module
 from sdbuild.plan import ComponentJob
-from sdbuild.sources import ResolvedSource, load_submodel
+from sdbuild.sources.additions import load_with_additions
+from sdbuild.spec import BuildSpec
 
 
-def load_component(source: ResolvedSource, job: ComponentJob) -> torch.nn.Module:
-    submodels = {job.submodel: load_submodel(source, job.submodel)}
-    if job.component == "controlnet":
-        submodels["controlnet"] = load_submodel(source, "controlnet")
+def load_component(spec: BuildSpec, job: ComponentJob) -> torch.nn.Module:
+    submodels = {folder: load_with_additions(spec.source, folder, spec.additions) for folder in job.folders}
     attention = job.attention or "ORIGINAL"
-    return build_component_module(job.component, submodels, source.arch, attention).eval()
+    return build_component_module(job.component, submodels, spec.arch, attention).eval()

@@ -9,6 +9,7 @@ from sdbuild.errors import SdbuildError
 from sdbuild.manifest import ComponentInfo, FileInfo, InterfaceInfo, Manifest, RecipeInfo, SourceInfo
 from sdbuild.package_io import file_size, package_digest
 from sdbuild.plan import ComponentJob
+from sdbuild.sources.additions import identities
 from sdbuild.spec import BuildSpec
 from sdbuild.versions import tool_versions
 
@@ -49,6 +50,7 @@ def build_manifest(spec: BuildSpec, components: dict[str, ComponentInfo], tokeni
         tokenizer=tokenizer,
         components=components,
         tools=tool_versions(),
+        additions=identities(spec.additions),
     )
 
 

@@ -9,7 +9,8 @@ import functools
 import torch
 
 from sdbuild import contract
-from sdbuild.models import build_component_module, submodel_folders
+from sdbuild.contract import submodel_folders
+from sdbuild.models import build_component_module
 from sdbuild.sources import load_submodel
 from sdbuild.sources.synthetic import resolve_synthetic
 

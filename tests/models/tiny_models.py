@@ -8,7 +8,7 @@ import warnings
 import torch
 
 from sdbuild import contract
-from sdbuild.models import submodel_folders
+from sdbuild.contract import submodel_folders
 from sdbuild.sample_inputs import sample_inputs
 from sdbuild.sources import load_submodel
 from sdbuild.sources.synthetic import resolve_synthetic

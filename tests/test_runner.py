@@ -12,6 +12,7 @@ from PIL import Image
 from sdbuild.errors import SdbuildError
 from sdbuild.runner.cli import latest_build, main
 from sdbuild.runner.pipeline import SCHEDULERS, GenerationSettings, Pipeline
+from tests.pipeline_parity import PARITY_PSNR_DB, diffusers_image, image_psnr, synthetic_folder
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +57,20 @@ def test_same_seed_same_image_other_seed_other_image(pipeline):
     other = pipeline.generate(GenerationSettings(prompt="a red house", steps=2, scheduler="EulerDiscrete", seed=7))
     assert np.array_equal(first, again)
     assert not np.array_equal(first, other)
+
+
+def test_generation_matches_the_diffusers_pipeline_on_the_same_weights(pipeline, tmp_path):
+    from diffusers import StableDiffusionPipeline
+
+    settings = GenerationSettings(prompt="a photo of an astronaut riding a horse", steps=4, seed=7)
+    source = pipeline.manifest.source
+    folder = synthetic_folder(source.architecture, pipeline.manifest.recipe.config["model"]["seed"], tmp_path)
+    reference = diffusers_image(StableDiffusionPipeline, folder, settings)
+    ours = pipeline.generate(settings)
+    assert image_psnr(ours, reference) >= PARITY_PSNR_DB
+    # The yardstick can fail: another seed's image is far from it.
+    other = pipeline.generate(GenerationSettings(prompt=settings.prompt, steps=4, seed=8))
+    assert image_psnr(other, reference) < PARITY_PSNR_DB
 
 
 @pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))

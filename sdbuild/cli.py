@@ -73,6 +73,15 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         return report_interrupt(exc, "nothing was published; run it again to resume from the cache")
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _reader_went_away() -> int:
+    """`sdbuild ls | head`: the reader closed the pipe. Stop quietly, as Unix tools do; stdout goes
+    to /dev/null so the interpreter's final flush does not fail a second time."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 141  # 128 + SIGPIPE, what a shell reports for a tool killed by a closed pipe
 
 
 def _global_options(argv: list[str]) -> tuple[list[str], list[str], bool]:

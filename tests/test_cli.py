@@ -90,6 +90,16 @@ def test_ls_lists_recipes_and_group_options_with_descriptions(capsys):
             assert f"  {option.stem} " in out, f"{group.name}/{option.stem} is listed"
 
 
+def test_a_reader_that_stops_early_gets_no_traceback():
+    """`sdbuild ls | head -1`: the pipe closes before the listing is written."""
+    child = subprocess.Popen([sys.executable, "-m", "sdbuild", "ls"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, cwd=ROOT)
+    child.stdout.close()  # before the child has imported anything, so every write meets a closed pipe
+    stderr = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141
+    assert stderr == ""
+
+
 def test_user_recipe_folder_by_flag(user_recipes, tmp_path, monkeypatch, capsys):
     monkeypatch.delenv(RECIPES_ENV, raising=False)
     assert main(["validate", "recipe=mine", f"output.dir={tmp_path}"]) == 2

@@ -49,7 +49,9 @@ def bundle(build_dir: Path, out_dir: Path, progress=print) -> list[tuple[str, st
             progress(f"compiling {file} -> {name}.mlmodelc")
             _compile(build.paths[file], staged / f"{name}.mlmodelc")
         for tokenizer_file in build.manifest.tokenizer:
-            shutil.copy2(build.paths[tokenizer_file.file], staged / tokenizer_file.file)
+            target = staged / tokenizer_file.file  # SDXL's own second tokenizer: tokenizer_2/
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(build.paths[tokenizer_file.file], target)
         replace_path(staged, out_dir)
     return plan
 

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 from sdbuild.cli import main
+from sdbuild.manifest import read_manifest, write_manifest
+from sdbuild.stages.record import file_info
 
 # Stands in for `xcrun coremlcompiler compile PACKAGE OUT_DIR`, which writes OUT_DIR/<stem>.mlmodelc.
 FAKE_XCRUN = """#!/bin/sh
@@ -51,6 +53,21 @@ def test_a_chunked_unet_ships_as_its_chunks(tiny_ane_build, tmp_path, fake_xcrun
     assert main(["bundle", str(tiny_ane_build), "--out", str(out)]) == 0
     compiled = {name for name in listing(out) if name.endswith(".mlmodelc")}
     assert compiled == {"TextEncoder.mlmodelc", "UnetChunk1.mlmodelc", "UnetChunk2.mlmodelc", "VAEDecoder.mlmodelc"}
+
+
+def test_a_second_tokenizer_keeps_its_folder(tiny_build, tmp_path, fake_xcrun):
+    """SDXL sources whose tokenizer_2 differs ship it in tokenizer_2/ (write_tokenizer_files)."""
+    build = tmp_path / tiny_build.name
+    shutil.copytree(tiny_build, build)
+    (build / "tokenizer_2").mkdir()
+    merges = (build / "merges.txt").read_text()
+    (build / "tokenizer_2" / "merges.txt").write_text(merges)
+    manifest = read_manifest(build)
+    manifest.tokenizer.append(file_info(build, build / "tokenizer_2" / "merges.txt"))
+    write_manifest(manifest, build)
+    out = tmp_path / "Resources"
+    assert main(["bundle", str(build), "--out", str(out)]) == 0
+    assert (out / "tokenizer_2" / "merges.txt").read_text() == merges
 
 
 def test_default_folder_sits_beside_the_build(tiny_build, tmp_path, fake_xcrun):

@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sdbuild.contract import ArchInfo
-from sdbuild.inpainting import check_unet_inputs
 from sdbuild.errors import SdbuildError
+from sdbuild.inpainting import check_unet_inputs
 
 # Submodel folders that hold weights, in diffusers snapshot order.
 WEIGHTED_FOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2", "safety_checker")
@@ -48,7 +48,7 @@ class ResolvedSource:
             "seed": self.seed,
             "arch": dataclasses.asdict(self.arch),
         }
-        if not self.arch.is_inpainting:  # recorded only when it differs, so other builds keep their ids
+        if not self.arch.is_inpainting:  # recorded for inpainting UNets only, so other builds keep their ids
             del identity["arch"]["unet_in_channels"]
         # A JSON round trip turns tuples into lists, so the dict equals what a manifest reads back.
         return json.loads(json.dumps(identity))

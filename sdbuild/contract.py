@@ -84,6 +84,9 @@ class ArchInfo:
     text_hidden_sizes: tuple[int, ...]  # per text encoder
     text_pooled_size: int  # pooled_outputs of the last text encoder (SDXL: projected)
     latent_channels: int
+    # The UNet's `sample` channels: the latents, or for an inpainting UNet latents + mask +
+    # masked-image latents (see `inpainting_channels`).
+    unet_in_channels: int
     default_latent_size: int
     vae_scaling_factor: float
     prediction_type: str
@@ -92,6 +95,10 @@ class ArchInfo:
     @property
     def is_xl(self) -> bool:
         return self.family == "sdxl"
+
+    @property
+    def is_inpainting(self) -> bool:
+        return self.unet_in_channels == inpainting_channels(self.latent_channels)
 
     def supports(self, component: str) -> bool:
         return SUBMODEL_OF[component] in self.components
@@ -119,11 +126,18 @@ class ArchInfo:
             text_hidden_sizes=tuple(int(t["hidden_size"]) for t in text_encoders),
             text_pooled_size=int(pooled),
             latent_channels=int(vae.get("latent_channels", 4)),
+            unet_in_channels=int(unet.get("in_channels", 4)),
             default_latent_size=int(unet["sample_size"]),
             vae_scaling_factor=float(vae.get("scaling_factor", 0.18215)),
             prediction_type=configs.get("scheduler", {}).get("prediction_type", "epsilon"),
             control_residual_layout=_control_residual_layout(unet),
         )
+
+
+def inpainting_channels(latent_channels: int) -> int:
+    """An inpainting UNet's `sample`: latents, a one-channel mask, the masked image's latents,
+    concatenated in that order (diffusers' StableDiffusionInpaintPipeline)."""
+    return 2 * latent_channels + 1
 
 
 def _control_residual_layout(unet: dict) -> tuple[tuple[int, int], ...]:
@@ -183,7 +197,8 @@ def component_interface(
     if component in (UNET, CONTROL_UNET, CONTROLNET):
         b = batch_size
         inputs = [
-            TensorSpec("sample", (b, c, h, w), f16),
+            # A ControlNet sees the latents alone; an inpainting UNet also the mask and image.
+            TensorSpec("sample", (b, c if component == CONTROLNET else arch.unet_in_channels, h, w), f16),
             TensorSpec("timestep", (b,), f16),
             TensorSpec("encoder_hidden_states", (b, arch.cross_attention_dim, 1, seq), f16),
         ]

@@ -25,6 +25,7 @@ from sdbuild.config.schema import BuildConfig, MinPsnrConfig, SourceKind
 from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
 from sdbuild.errors import SdbuildError
 from sdbuild.folders import check_folder
+from sdbuild.inpainting import check_inpainting_components
 from sdbuild.package_io import source_date
 from sdbuild.sources import ResolvedSource, resolve_source
 from sdbuild.sources.additions import Addition, identities, resolve_additions
@@ -142,6 +143,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
             f"architecture '{arch.name}' has no component {', '.join(missing)}",
             f"components for it: {', '.join(supported)}",
         )
+    check_inpainting_components(arch, components)
     if CONTROLNET in components and source.kind != SourceKind.synthetic.value:
         raise SdbuildError(
             "controlnet builds need a ControlNet checkpoint, which only model.source=synthetic provides so far",

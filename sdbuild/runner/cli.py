@@ -21,6 +21,7 @@ from sdbuild.quiet import silence_progress_bars
 from sdbuild.manifest import MANIFEST_FILE
 from sdbuild.progress import quiet_mode
 from sdbuild.runner.backends import BACKENDS
+from sdbuild.runner.inpaint import INPAINTING_STRENGTH
 from sdbuild.runner.pipeline import SCHEDULERS, GenerationSettings, Pipeline, settings_record
 
 
@@ -69,7 +70,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=defaults.seed)
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=defaults.scheduler)
     parser.add_argument("--init-image", help="image-to-image: start from this picture (needs vae_encoder)")
-    parser.add_argument("--strength", type=float, default=defaults.strength, help="image-to-image: how much to change it")
+    parser.add_argument("--mask", help="inpainting: repaint the white part of --init-image (same size; needs an inpainting build)")
+    parser.add_argument("--strength", type=float, help=f"image-to-image and inpainting: how much to change it "
+                        f"(default {defaults.strength}; {INPAINTING_STRENGTH} with --mask)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: Core ML on macOS, the evaluator elsewhere")
     parser.add_argument("--output", type=Path, help="PNG path (default: <outputs>/images/<recipe>-<seed>-<prompt>.png)")
     parser.add_argument("--quiet", action="store_true", help="no step lines or progress bars (CI logs)")
@@ -84,11 +87,13 @@ def main(argv: list[str] | None = None) -> int:
         settings = GenerationSettings(
             prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
             guidance_scale=args.guidance_scale, seed=args.seed, scheduler=args.scheduler,
-            init_image=args.init_image, strength=args.strength, backend=args.backend,
+            init_image=args.init_image, mask=args.mask, backend=args.backend,
+            strength=args.strength if args.strength is not None
+            else INPAINTING_STRENGTH if args.mask else GenerationSettings.strength,
         )
         if settings.steps < 1:
             raise SdbuildError(f"--steps {settings.steps} is not a positive number", "e.g. --steps 25")
-        for flag, value in (("--guidance-scale", args.guidance_scale), ("--strength", args.strength)):
+        for flag, value in (("--guidance-scale", settings.guidance_scale), ("--strength", settings.strength)):
             if not math.isfinite(value):  # float() accepts nan and inf; they poison every step
                 raise SdbuildError(f"{flag} {value} is not a finite number", f"e.g. {flag} 0.75")
         if args.init_image:

@@ -19,6 +19,7 @@ from sdbuild.errors import SdbuildError
 from sdbuild.manifest import ComponentInfo, Manifest, check_build
 from sdbuild.progress import bar
 from sdbuild.runner.backends import ChunkedPredictor, Predictor, load_predictor, resolve_backend
+from sdbuild.runner.inpaint import Inpainting
 from sdbuild.sources.resolved import TOKENIZER_OF
 from sdbuild.sources.tokenizer import VOCAB_FILE
 
@@ -43,6 +44,7 @@ class GenerationSettings:
     seed: int = 93
     scheduler: str = "DPMSolverMultistep"
     init_image: str | None = None
+    mask: str | None = None  # inpainting: white = repaint, black = keep (needs init_image)
     strength: float = 0.75
     backend: str = "auto"
 
@@ -116,6 +118,7 @@ class Pipeline:
         """An (H, W, 3) uint8 image."""
         import torch
 
+        inpainting = Inpainting.for_request(self.manifest, settings)  # checks inputs before any model loads
         scheduler = make_scheduler(settings.scheduler, self.manifest.source.scheduler)
         scheduler.set_timesteps(settings.steps)
         cond, cond_pooled = self.encode_text(settings.prompt)
@@ -124,16 +127,20 @@ class Pipeline:
         h, w = self.manifest.latent_size
         shape = (1, 4, h, w)
         timesteps = scheduler.timesteps
-        noise = torch.randn(shape, generator=generator)
-        if settings.init_image:
+        if inpainting:  # it draws its noise itself, in diffusers' order
+            latents, timesteps = inpainting.start(self, settings, scheduler, generator)
+        elif settings.init_image:
+            noise = torch.randn(shape, generator=generator)
             latents, timesteps = self._image_latents(settings, scheduler, noise, generator)
         else:
-            latents = noise * scheduler.init_noise_sigma
+            latents = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma
         extra = self._extra_unet_inputs(cond_pooled, uncond_pooled)
         # Ancestral samplers draw noise each step; seed it too where the scheduler accepts it.
         step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         for index, t in enumerate(bar(timesteps, "denoising"), start=1):
             model_input = scheduler.scale_model_input(latents, t)
+            if inpainting:
+                model_input = inpainting.unet_sample(model_input)
             noise_uncond, noise_cond = self._predict_noise(model_input.numpy(), float(t), uncond, cond, extra)
             guided = noise_uncond + settings.guidance_scale * (noise_cond - noise_uncond)
             latents = scheduler.step(torch.from_numpy(guided), t, latents, **step_options).prev_sample
@@ -168,26 +175,29 @@ class Pipeline:
         return {"text_embeds": (uncond_pooled, cond_pooled), "time_ids": (time_ids, time_ids)}
 
     def _image_latents(self, settings, scheduler, noise, generator):
-        import torch
-        from PIL import Image
-
         if not self.has("vae_encoder"):
             raise SdbuildError("image-to-image needs a vae_encoder in the build", "rebuild with vae_encoder in components")
-        if not 0.0 < settings.strength <= 1.0:
-            raise SdbuildError(f"strength={settings.strength} is outside (0, 1]", "e.g. --strength 0.75")
+        timesteps = strength_timesteps(scheduler, settings)
+        latents = self.encode_image(self.image_pixels(settings.init_image), generator)
+        return scheduler.add_noise(latents, noise, timesteps[:1]), timesteps
+
+    def image_pixels(self, path: str) -> np.ndarray:
+        """(1, 3, H, W) in [-1, 1], resized to the build's image size."""
+        from PIL import Image
+
         h, w = self.manifest.latent_size
-        image = Image.open(settings.init_image).convert("RGB").resize((8 * w, 8 * h), Image.Resampling.LANCZOS)
-        pixels = (np.asarray(image, dtype=np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]
+        image = Image.open(path).convert("RGB").resize((8 * w, 8 * h), Image.Resampling.LANCZOS)
+        return (np.asarray(image, dtype=np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]
+
+    def encode_image(self, pixels: np.ndarray, generator):
+        """Scaled latents (a torch tensor) sampled from the vae_encoder's distribution of ``pixels``."""
+        import torch
+
         moments = self.model("vae_encoder").predict({"x": pixels})["latent"]
         mean, logvar = np.split(moments, 2, axis=1)
         std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
         sample = mean + std * torch.randn(mean.shape, generator=generator).numpy()
-        latents = torch.from_numpy(sample * self.manifest.source.latent_scaling_factor)
-        keep = min(int(settings.steps * settings.strength), settings.steps)
-        timesteps = scheduler.timesteps[settings.steps - keep:]
-        if len(timesteps) == 0:
-            raise SdbuildError(f"strength={settings.strength} leaves no denoising steps", "raise --strength or --steps")
-        return scheduler.add_noise(latents, noise, timesteps[:1]), timesteps
+        return torch.from_numpy(sample * self.manifest.source.latent_scaling_factor)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         z = (latents / self.manifest.source.latent_scaling_factor).astype(np.float32)
@@ -209,6 +219,17 @@ class Pipeline:
         if result["has_nsfw_concepts"].any():
             self._progress("the safety checker flagged this image; it was replaced")
         return (np.clip(result["filtered_images"][0], 0, 1) * 255).round().astype(np.uint8)
+
+
+def strength_timesteps(scheduler, settings: GenerationSettings):
+    """The last ``strength`` share of the schedule: where a generation from a picture starts."""
+    if not 0.0 < settings.strength <= 1.0:
+        raise SdbuildError(f"strength={settings.strength} is outside (0, 1]", "e.g. --strength 0.75")
+    keep = min(int(settings.steps * settings.strength), settings.steps)
+    timesteps = scheduler.timesteps[settings.steps - keep:]
+    if len(timesteps) == 0:
+        raise SdbuildError(f"strength={settings.strength} leaves no denoising steps", "raise --strength or --steps")
+    return timesteps
 
 
 def make_scheduler(name: str, config: dict):

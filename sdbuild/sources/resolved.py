@@ -9,6 +9,7 @@ from pathlib import Path
 
 from sdbuild.contract import ArchInfo
 from sdbuild.errors import SdbuildError
+from sdbuild.inpainting import check_unet_inputs
 
 # Submodel folders that hold weights, in diffusers snapshot order.
 WEIGHTED_FOLDERS = ("unet", "vae", "text_encoder", "text_encoder_2", "safety_checker")
@@ -47,6 +48,8 @@ class ResolvedSource:
             "seed": self.seed,
             "arch": dataclasses.asdict(self.arch),
         }
+        if not self.arch.is_inpainting:  # recorded for inpainting UNets only, so other builds keep their ids
+            del identity["arch"]["unet_in_channels"]
         # A JSON round trip turns tuples into lists, so the dict equals what a manifest reads back.
         return json.loads(json.dumps(identity))
 
@@ -59,10 +62,12 @@ def arch_from_configs(name: str, configs: dict[str, dict], where: str) -> ArchIn
             "a Stable Diffusion model needs at least one text encoder folder",
         )
     try:
-        return ArchInfo.from_configs(name, configs)
+        arch = ArchInfo.from_configs(name, configs)
     except (KeyError, TypeError, ValueError, IndexError) as error:
         raise SdbuildError(
             f"the configs in {where} do not describe a Stable Diffusion model "
             f"({type(error).__name__}: {error})",
             "check unet/config.json, vae/config.json and the text encoder configs",
         ) from error
+    check_unet_inputs(arch, where)
+    return arch

@@ -19,9 +19,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from sdbuild.archs import architecture_dir, list_architectures
+from sdbuild.contract import ArchInfo, inpainting_channels
 from sdbuild.errors import SdbuildError
 from sdbuild.sources.digest import file_sha256, files_digest, json_digest
-from sdbuild.sources.original_layout import FAMILY_NAMES, TEXT_ENCODER_LAYOUTS, detect_family
+from sdbuild.sources.original_layout import FAMILY_NAMES, TEXT_ENCODER_LAYOUTS, UNET_PREFIX, detect_family
 from sdbuild.sources.resolved import SCHEDULER_FOLDER, TOKENIZER_OF, ResolvedSource, arch_from_configs
 from sdbuild.sources.snapshot import PICKLE_SUFFIXES, check_safetensors, read_snapshot
 from sdbuild.sources.synthetic import synthetic_configs
@@ -44,6 +45,7 @@ def resolve_single_file(model_cfg, cache_dir: Path) -> ResolvedSource:
     tokenizer_dirs = _tokenizer_dirs(model_cfg.tokenizer, architecture, configs)
     with _open_checkpoint(file) as checkpoint:
         _check_family(file, checkpoint, arch.family, architecture)
+        _check_unet_inputs(file, checkpoint, arch)
         file_digest = file_sha256(file)
         key = json_digest({
             "file": file_digest, "architecture": architecture, "configs": configs,
@@ -143,7 +145,7 @@ def _check_family(file: Path, checkpoint: Mapping, family: str, architecture: st
             "use model.source=local for a diffusers folder",
         )
     if detected != family:
-        fitting = [a for a in list_architectures() if _family_of(a) == detected]
+        fitting = [a for a in list_architectures() if _arch_of(a).family == detected]
         raise SdbuildError(
             f"'{file}' is an {FAMILY_NAMES[detected]} checkpoint but model.architecture={architecture} "
             f"is {FAMILY_NAMES[family]}",
@@ -152,8 +154,28 @@ def _check_family(file: Path, checkpoint: Mapping, family: str, architecture: st
         )
 
 
-def _family_of(architecture: str) -> str:
-    return arch_from_configs(architecture, synthetic_configs(architecture), architecture).family
+def _check_unet_inputs(file: Path, checkpoint: Mapping, arch: ArchInfo) -> None:
+    """An inpainting file (9-channel UNet) needs an inpainting architecture, and the reverse."""
+    conv_in = checkpoint.get(UNET_PREFIX + "input_blocks.0.0.weight")
+    if conv_in is None or conv_in.shape[1] == arch.unet_in_channels:
+        return  # a file without it is refused, naming the tensor, when its UNet is converted
+
+    def kind(channels: int) -> str:
+        task = "inpainting" if channels == inpainting_channels(arch.latent_channels) else "text-to-image"
+        return f"{task} ({channels} UNet input channels)"
+
+    fitting = [a for a in list_architectures()
+               if _arch_of(a).family == arch.family and _arch_of(a).unet_in_channels == conv_in.shape[1]]
+    raise SdbuildError(
+        f"'{file}' is an {FAMILY_NAMES[arch.family]} {kind(conv_in.shape[1])} checkpoint but "
+        f"model.architecture={arch.name} is {kind(arch.unet_in_channels)}",
+        f"set model.architecture to one of: {', '.join(fitting)}" if fitting
+        else f"{kind(conv_in.shape[1])} checkpoints are not supported",
+    )
+
+
+def _arch_of(architecture: str) -> ArchInfo:
+    return arch_from_configs(architecture, synthetic_configs(architecture), architecture)
 
 
 def _tokenizer_dirs(tokenizer: str | None, architecture: str, configs: dict) -> dict[str, Path]:

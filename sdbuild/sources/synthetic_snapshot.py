@@ -8,6 +8,7 @@ from pathlib import Path
 import diffusers
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, PILImageResampling
 
+from sdbuild.contract import ArchInfo
 from sdbuild.sources.models import is_transformers_class, model_class, quiet_loading
 from sdbuild.sources.resolved import CONTROLNET_FOLDER, SCHEDULER_FOLDER, TOKENIZER_OF
 from sdbuild.sources.snapshot import MODEL_INDEX, SCHEDULER_CONFIG
@@ -70,10 +71,11 @@ def _clip_preprocessor_config() -> dict:
 
 
 def _model_index(configs: dict[str, dict], folders: list[str]) -> dict:
-    """model_index.json of the matching diffusers pipeline (SD or SDXL)."""
+    """model_index.json of the matching diffusers pipeline (SD or SDXL, text-to-image or inpainting)."""
     xl = "text_encoder_2" in folders
+    task = "Inpaint" if ArchInfo.from_configs("", configs).is_inpainting else ""
     index: dict = {
-        "_class_name": "StableDiffusionXLPipeline" if xl else "StableDiffusionPipeline",
+        "_class_name": f"StableDiffusion{'XL' if xl else ''}{task}Pipeline",
         "_diffusers_version": diffusers.__version__,
     }
     for folder in folders:

@@ -70,6 +70,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default=defaults.scheduler)
     parser.add_argument("--init-image", help="image-to-image: start from this picture (needs vae_encoder)")
     parser.add_argument("--strength", type=float, default=defaults.strength, help="image-to-image: how much to change it")
+    parser.add_argument("--control-image", action="append", default=[],
+                        help="ControlNet builds: the control image (once per ControlNet, in the recipe's order)")
+    parser.add_argument("--control-scale", type=float, action="append",
+                        help="ControlNet builds: how strongly it steers (default 1.0; once, or once per ControlNet)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: Core ML on macOS, the evaluator elsewhere")
     parser.add_argument("--output", type=Path, help="PNG path (default: <outputs>/images/<recipe>-<seed>-<prompt>.png)")
     parser.add_argument("--quiet", action="store_true", help="no step lines or progress bars (CI logs)")
@@ -85,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             prompt=args.prompt, negative_prompt=args.negative_prompt, steps=args.steps,
             guidance_scale=args.guidance_scale, seed=args.seed, scheduler=args.scheduler,
             init_image=args.init_image, strength=args.strength, backend=args.backend,
+            control_images=tuple(args.control_image),
+            control_scales=tuple(args.control_scale or GenerationSettings.control_scales),
         )
         if settings.steps < 1:
             raise SdbuildError(f"--steps {settings.steps} is not a positive number", "e.g. --steps 25")

@@ -9,7 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
+from safetensors.torch import load_file, save_file
 
 from sdbuild.cli import main as build_main
 from sdbuild.runner.cli import main as run_main
@@ -20,15 +22,24 @@ from tests.pipeline_parity import PARITY_PSNR_DB, diffusers_image, image_psnr, s
 ARCHITECTURE = "tiny-sd15"
 FOLDER_SEED, FILE_SEED = 1, 2  # the two ControlNets' weights
 KEYS = ("controlnet/canny", "controlnet/file/pose")  # manifest keys, in the recipe's order
-SCALES = (0.8, 1.3)
+SCALES = (1.3, 0.8)
+HINT_GAIN = 4.0
+STEPS = 3
 
 
 @pytest.fixture(scope="module")
 def controlnets(tmp_path_factory) -> tuple[Path, Path]:
     """A ControlNet folder and an original-layout ControlNet file for tiny-sd15."""
     root = tmp_path_factory.mktemp("controlnets")
-    return (write_synthetic_controlnet(ARCHITECTURE, FOLDER_SEED, root / "canny"),
-            write_synthetic_controlnet(ARCHITECTURE, FILE_SEED, root / "pose.safetensors"))
+    folder = write_synthetic_controlnet(ARCHITECTURE, FOLDER_SEED, root / "canny")
+    # Seeded weights at torch's default scale shrink the image ~6-fold in variance through each of
+    # the hint encoder's 8 convolutions, so it barely reaches the residuals (another image: 77 dB
+    # from the first in diffusers); a gain keeps the image's effect visible (26 dB).
+    weights = folder / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    save_file({k: v * HINT_GAIN if k.startswith("controlnet_cond_embedding.") and k.endswith(".weight") else v
+               for k, v in state.items()}, weights)
+    return folder, write_synthetic_controlnet(ARCHITECTURE, FILE_SEED, root / "pose.safetensors")
 
 
 def _entries(folder: Path, file: Path) -> str:
@@ -86,7 +97,7 @@ def test_generation_matches_the_diffusers_controlnet_pipeline(build, control_ima
 
     pipeline = Pipeline(build, backend="evaluator", progress=lambda text: None)
     images = tuple(str(p) for p in control_images[:2])
-    settings = GenerationSettings(prompt="a house by a lake", steps=4, seed=3, control_images=images,
+    settings = GenerationSettings(prompt="a house by a lake", steps=STEPS, seed=3, control_images=images,
                                   control_scales=SCALES)
     folder = synthetic_folder(ARCHITECTURE, pipeline.manifest.recipe.config["model"]["seed"], tmp_path)
     controlnets = MultiControlNetModel([
@@ -102,7 +113,7 @@ def test_generation_matches_the_diffusers_controlnet_pipeline(build, control_ima
     # The control images steer it: another image for the first ControlNet gives another picture
     # (through the CLI, which writes it).
     out = tmp_path / "other.png"
-    assert run_main(["--build", str(build), "--prompt", settings.prompt, "--steps", "4", "--seed", "3",
+    assert run_main(["--build", str(build), "--prompt", settings.prompt, "--steps", str(STEPS), "--seed", "3",
                      "--control-image", str(control_images[2]), "--control-image", images[1],
                      *(arg for scale in SCALES for arg in ("--control-scale", str(scale))),
                      "--output", str(out), "--quiet"]) == 0
@@ -137,3 +148,21 @@ def test_control_image_on_a_build_without_controlnet_fails_in_one_line(tiny_buil
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "--control-image was given but this build has no ControlNet" in err
     assert not out.exists()
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["components=[text_encoder,unet,vae_decoder]"],
+     "the recipe has controlnet entries but components lack control-unet and controlnet"),
+    (["controlnet=[]"], "components list control-unet and controlnet but the recipe has no controlnet entry"),
+    (["controlnet.0.source=file", "controlnet.0.path={model}"], "is not a ControlNet checkpoint"),
+])
+def test_bad_recipes_fail_in_one_line_writing_nothing(tmp_path, capsys, overrides, message):
+    model = tmp_path / "inputs" / "model.safetensors"  # a file that holds no ControlNet
+    model.parent.mkdir()
+    save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, model)
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    overrides = [o.format(model=model) for o in overrides]
+    assert build_main(["recipe=tiny-controlnet", f"output.dir={out}", f"cache.dir={cache}", *overrides]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and len(err.splitlines()) == 1 and message in err, err
+    assert not out.exists() and not [p for p in cache.rglob("*") if p.is_file()], "nothing written"

@@ -55,7 +55,7 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
         else:  # same code path, with a store that lives for this build only (and no remote)
             cache = BuildCache(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdbuild-"))))
         components = {
-            job.component: _build_component(index, job, spec, cache, timer, staging, cache_lookups)
+            job.name: _build_component(index, job, spec, cache, timer, staging, cache_lookups)
             for index, job in enumerate(jobs, start=1)
         }
         tokenizer = [file_info(staging, path) for path in write_tokenizer_files(spec.source, staging)]
@@ -110,7 +110,7 @@ class _ComponentRun:
 
 def _build_component(index, job: ComponentJob, spec: BuildSpec, cache: BuildCache, timer: StageTimer, staging: Path,
                      cache_lookups: list[bool]) -> ComponentInfo:
-    run = _ComponentRun(cache, timer, index, job.component, cache_lookups)
+    run = _ComponentRun(cache, timer, index, job.name, cache_lookups)
     ctx = StageContext(spec, job, run.step)
     fields: dict = {}
     for stage in COMPONENT_STAGES:

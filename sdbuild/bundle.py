@@ -13,7 +13,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from sdbuild.contract import CONTROLNET, RESOURCE_NAMES
+from sdbuild.contract import CONTROLNET, RESOURCE_NAMES, component_of
 from sdbuild.errors import SdbuildError
 from sdbuild.manifest import Manifest, check_build
 from sdbuild.package_io import replace_path, staging_path
@@ -25,7 +25,7 @@ def resource_plan(manifest: Manifest) -> list[tuple[str, str]]:
     """(package file in the build, compiled model's path in Resources/ without .mlmodelc)."""
     plan = []
     for component, info in sorted(manifest.components.items()):
-        if component == CONTROLNET:
+        if component_of(component) == CONTROLNET:
             plan.append((info.file, f"controlnet/{Path(info.file).stem}"))
         elif info.chunks:
             plan += [(chunk.file, f"{RESOURCE_NAMES[component]}Chunk{i}") for i, chunk in enumerate(info.chunks, 1)]

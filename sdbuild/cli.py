@@ -34,6 +34,8 @@ SUBCOMMANDS = {
     "mixed-bit": ("sdbuild.inspect_cli", "mixed_bit_main", "mixed-bit palettization pre-analysis"),
     "synth-file": ("sdbuild.sources.synthetic_file", "synth_file_main",
                    "write a synthetic model as one original-layout checkpoint (--architecture A --out F)"),
+    "synth-controlnet": ("sdbuild.sources.synthetic_controlnet", "synth_controlnet_main",
+                         "write a seeded ControlNet: a diffusers folder or an original-layout file (--out)"),
 }
 
 

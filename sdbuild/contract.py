@@ -44,20 +44,28 @@ SUBMODEL_OF = {
     TEXT_ENCODER_2: "text_encoder_2",
     UNET: "unet",
     CONTROL_UNET: "unet",
-    CONTROLNET: "unet",  # a synthetic ControlNet mirrors the UNet's encoder half
+    CONTROLNET: "unet",  # a ControlNet must fit the UNet (its weights come from the recipe's controlnet:)
     VAE_DECODER: "vae",
     VAE_ENCODER: "vae",
     SAFETY_CHECKER: "safety_checker",
 }
 
 
-
 def submodel_folders(component: str) -> tuple[str, ...]:
-    """Every source folder ``component`` is built from: a ControlNet needs its own checkpoint's
-    folder beside the UNet's."""
+    """Every source folder ``component`` is built from: a ControlNet only from its own weights."""
     if component == CONTROLNET:
-        return (SUBMODEL_OF[component], "controlnet")
+        return ("controlnet",)
     return (SUBMODEL_OF[component],)
+
+
+def controlnet_key(model_id: str) -> str:
+    """The manifest's key of the ControlNet ``model_id``: a build holds one package per ControlNet."""
+    return f"{CONTROLNET}/{model_id}"
+
+
+def component_of(key: str) -> str:
+    """The contract component of a manifest key (``controlnet/<id>`` is a ``controlnet``)."""
+    return CONTROLNET if key.startswith(f"{CONTROLNET}/") else key
 
 
 VERSION_METADATA_KEY = "com.github.apple.ml-stable-diffusion.version"

@@ -5,18 +5,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdbuild.contract import (
-    SUBMODEL_OF, VAE_DECODER, VAE_ENCODER, Interface, component_interface, package_file_name,
-    submodel_folders, vae_precision,
+    CONTROLNET, VAE_DECODER, VAE_ENCODER, Interface, component_interface, controlnet_key,
+    package_file_name, submodel_folders, vae_precision,
 )
 from sdbuild.attention_choice import ATTENTION_COMPONENTS
+from sdbuild.sources.additions import Addition
 from sdbuild.spec import BuildSpec
 
 
 @dataclass(frozen=True)
 class ComponentJob:
+    name: str  # the manifest's key: the component, or `controlnet/<id>` for each ControlNet
     component: str
     submodel: str  # the source folder whose weights it needs (and only those)
-    folders: tuple[str, ...]  # every submodel folder it loads (a ControlNet: the UNet's and its own)
+    folders: tuple[str, ...]  # every submodel folder it loads
+    additions: tuple[Addition, ...]  # the recipe's additions that change those folders' weights
     interface: Interface
     precision: str
     file_name: str
@@ -28,22 +31,34 @@ class ComponentJob:
 
 
 def plan_jobs(spec: BuildSpec) -> list[ComponentJob]:
+    """One job per component; the controlnet component, one per ControlNet of the recipe."""
     jobs = []
     for component in spec.components:
-        precision = vae_precision(spec.arch) if component in (VAE_DECODER, VAE_ENCODER) else "float16"
-        jobs.append(
-            ComponentJob(
-                component=component,
-                submodel=SUBMODEL_OF[component],
-                folders=submodel_folders(component),
-                interface=component_interface(component, spec.arch, spec.latent_size, spec.batch_size),
-                precision=precision,
-                file_name=package_file_name(spec.source.model_id, component),
-                attention=spec.attention if component in ATTENTION_COMPONENTS else None,
-                compress=spec.quantization.mode != "none" and component in spec.quantization.components,
-                chunk=spec.chunking.enabled and component in spec.chunking.components,
-                min_psnr=spec.min_psnr.for_component(component),
-                min_chunks_psnr=spec.min_psnr.chunks,
-            )
-        )
+        if component == CONTROLNET:
+            jobs += [_job(spec, component, (c,), controlnet_key(c.model_id), c.model_id)
+                     for c in spec.additions if c.kind == CONTROLNET]
+            continue
+        folders = submodel_folders(component)
+        additions = tuple(a for a in spec.additions if set(a.folders) & set(folders))
+        jobs.append(_job(spec, component, additions, component, spec.source.model_id))
     return jobs
+
+
+def _job(spec: BuildSpec, component: str, additions: tuple[Addition, ...], name: str, model_id: str) -> ComponentJob:
+    precision = vae_precision(spec.arch) if component in (VAE_DECODER, VAE_ENCODER) else "float16"
+    folders = submodel_folders(component)
+    return ComponentJob(
+        name=name,
+        component=component,
+        submodel=folders[0],
+        folders=folders,
+        additions=additions,
+        interface=component_interface(component, spec.arch, spec.latent_size, spec.batch_size),
+        precision=precision,
+        file_name=package_file_name(model_id, component),
+        attention=spec.attention if component in ATTENTION_COMPONENTS else None,
+        compress=spec.quantization.mode != "none" and component in spec.quantization.components,
+        chunk=spec.chunking.enabled and component in spec.chunking.components,
+        min_psnr=spec.min_psnr.for_component(component),
+        min_chunks_psnr=spec.min_psnr.chunks,
+    )

@@ -28,7 +28,7 @@ def validate_main(argv: list[str]) -> int:
     spec = validated_spec(args.overrides)
     print(yaml.safe_dump(spec.config, sort_keys=False).rstrip())
     print()
-    rows = [[job.component, job.file_name, job.precision, job.attention or "-",
+    rows = [[job.name, job.file_name, job.precision, job.attention or "-",
              spec.quantization.mode if job.compress else "none", "yes" if job.chunk else "no",
              f"{job.min_psnr:g}" if spec.verify else "off"]
             for job in plan_jobs(spec)]

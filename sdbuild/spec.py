@@ -21,8 +21,8 @@ from sdbuild.cache.remote import check_remote_config
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 from sdbuild.config.compression_rules import check_chunking, check_compression, quantization_identity
 from sdbuild.config.errors import config_error
-from sdbuild.config.schema import BuildConfig, MinPsnrConfig, SourceKind
-from sdbuild.contract import ALL_COMPONENTS, CONTROLNET, ArchInfo
+from sdbuild.config.schema import BuildConfig, MinPsnrConfig
+from sdbuild.contract import ALL_COMPONENTS, ArchInfo
 from sdbuild.errors import SdbuildError
 from sdbuild.folders import check_folder
 from sdbuild.inpainting import check_inpainting_components
@@ -144,11 +144,6 @@ def validate(cfg: DictConfig) -> BuildSpec:
             f"components for it: {', '.join(supported)}",
         )
     check_inpainting_components(arch, components)
-    if CONTROLNET in components and source.kind != SourceKind.synthetic.value:
-        raise SdbuildError(
-            "controlnet builds need a ControlNet checkpoint, which only model.source=synthetic provides so far",
-            "drop controlnet from components, or use model.source=synthetic",
-        )
     additions = resolve_additions(build, source, cache_dir)
     attention = build.attention.implementation.value
     for component in components:

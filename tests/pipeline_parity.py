@@ -30,10 +30,11 @@ def synthetic_folder(architecture: str, seed: int, root: Path) -> Path:
     return folder
 
 
-def diffusers_image(pipeline_class, folder: Path, settings: GenerationSettings, prepare=None,
+def diffusers_image(pipeline_class, folder: Path, settings: GenerationSettings, prepare=None, components=None,
                     **call_options) -> np.ndarray:
     """An (H, W, 3) uint8 image from ``pipeline_class`` loaded from ``folder`` in float32.
 
+    ``components`` are pipeline components the folder lacks (a ``controlnet=`` model, ...);
     ``prepare(pipe)`` may change the pipeline first (load a LoRA, swap the VAE, ...);
     ``call_options`` go to the pipeline call (image=, mask_image=, control_image=, ...)."""
     import diffusers
@@ -42,7 +43,7 @@ def diffusers_image(pipeline_class, folder: Path, settings: GenerationSettings, 
     no_checker = {"safety_checker": None, "requires_safety_checker": False} \
         if "safety_checker" in inspect.signature(pipeline_class.__init__).parameters else {}
     with quiet_loading():
-        pipe = pipeline_class.from_pretrained(folder, torch_dtype=torch.float32, **no_checker)
+        pipe = pipeline_class.from_pretrained(folder, torch_dtype=torch.float32, **no_checker, **(components or {}))
     scheduler_class = getattr(diffusers, SCHEDULERS[settings.scheduler])
     pipe.scheduler = scheduler_class.from_config(pipe.scheduler.config)
     pipe.set_progress_bar_config(disable=True)

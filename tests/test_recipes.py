@@ -26,8 +26,11 @@ def test_required_recipes_exist():
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_composes_and_validates_offline(recipe, tmp_path):
-    # Real-model recipes name Hub ids; offline they are validated on their synthetic twin.
+    # Real-model recipes name Hub ids (and files a command writes first): offline they are
+    # validated on their synthetic twin, ControlNets included.
     cfg = compose_recipe([f"recipe={recipe}", "model.source=synthetic", f"output.dir={tmp_path}"])
+    for controlnet in cfg.controlnet:
+        controlnet.source = "synthetic"
     assert isinstance(OmegaConf.to_object(cfg), BuildConfig)
     spec = validate(cfg)
     assert spec.recipe == recipe, "a recipe's name must match its file name"

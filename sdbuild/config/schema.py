@@ -58,6 +58,20 @@ class ModelConfig:
 
 
 @dataclass
+class ControlNetConfig:
+    """One ControlNet (recipe key ``controlnet``, a list): its own weights, fitted to the model's
+    UNet. hub: a Hub id; local: a diffusers ControlNetModel folder; file: an original-layout
+    .safetensors; synthetic: seeded weights from the model's UNet config."""
+
+    source: SourceKind = SourceKind.synthetic
+    id: Optional[str] = None  # hub: the repo id; else the name its package carries
+    revision: Optional[str] = None  # source=hub: branch, tag or commit
+    path: Optional[str] = None  # local: the folder; file: the checkpoint
+    seed: int = 0  # synthetic weights' seed
+    allow_pickle: bool = False  # pickle checkpoints can execute code: refused unless allowed
+
+
+@dataclass
 class AttentionConfig:
     implementation: AttentionImplementation = AttentionImplementation.ORIGINAL
 
@@ -130,6 +144,7 @@ class BuildConfig:
     name: str = "unnamed"
     description: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
+    controlnet: List[ControlNetConfig] = field(default_factory=list)  # needs control-unet, controlnet
     components: List[str] = field(
         default_factory=lambda: ["text_encoder", "unet", "vae_decoder", "vae_encoder"]
     )

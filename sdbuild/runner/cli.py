@@ -73,6 +73,10 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--mask", help="inpainting: repaint the white part of --init-image (same size; needs an inpainting build)")
     parser.add_argument("--strength", type=float, help=f"image-to-image and inpainting: how much to change it "
                         f"(default {defaults.strength}; {INPAINTING_STRENGTH} with --mask)")
+    parser.add_argument("--control-image", action="append", default=[],
+                        help="ControlNet builds: the control image (once per ControlNet, in the recipe's order)")
+    parser.add_argument("--control-scale", type=float, action="append",
+                        help="ControlNet builds: how strongly it steers (default 1.0; once, or once per ControlNet)")
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: Core ML on macOS, the evaluator elsewhere")
     parser.add_argument("--output", type=Path, help="PNG path (default: <outputs>/images/<recipe>-<seed>-<prompt>.png)")
     parser.add_argument("--quiet", action="store_true", help="no step lines or progress bars (CI logs)")
@@ -90,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
             init_image=args.init_image, mask=args.mask, backend=args.backend,
             strength=args.strength if args.strength is not None
             else INPAINTING_STRENGTH if args.mask else GenerationSettings.strength,
+            control_images=tuple(args.control_image),
+            control_scales=tuple(args.control_scale or GenerationSettings.control_scales),
         )
         if settings.steps < 1:
             raise SdbuildError(f"--steps {settings.steps} is not a positive number", "e.g. --steps 25")

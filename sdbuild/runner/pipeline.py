@@ -14,12 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sdbuild.contract import TEXT_ENCODER_2
+from sdbuild.contract import CONTROL_UNET, TEXT_ENCODER_2
 from sdbuild.errors import SdbuildError
 from sdbuild.manifest import ComponentInfo, Manifest, check_build
 from sdbuild.progress import bar
 from sdbuild.runner.backends import ChunkedPredictor, Predictor, load_predictor, resolve_backend
 from sdbuild.runner.inpaint import Inpainting
+from sdbuild.runner.control import Control, prepare_control
 from sdbuild.sources.resolved import TOKENIZER_OF
 from sdbuild.sources.tokenizer import VOCAB_FILE
 
@@ -47,6 +48,8 @@ class GenerationSettings:
     mask: str | None = None  # inpainting: white = repaint, black = keep (needs init_image)
     strength: float = 0.75
     backend: str = "auto"
+    control_images: tuple[str, ...] = ()  # one per ControlNet of the build, in the recipe's order
+    control_scales: tuple[float, ...] = (1.0,)  # one for all ControlNets, or one each
 
 
 class Pipeline:
@@ -119,6 +122,7 @@ class Pipeline:
         import torch
 
         inpainting = Inpainting.for_request(self.manifest, settings)  # checks inputs before any model loads
+        control = prepare_control(self.manifest, settings.control_images, settings.control_scales)
         scheduler = make_scheduler(settings.scheduler, self.manifest.source.scheduler)
         scheduler.set_timesteps(settings.steps)
         cond, cond_pooled = self.encode_text(settings.prompt)
@@ -141,15 +145,21 @@ class Pipeline:
             model_input = scheduler.scale_model_input(latents, t)
             if inpainting:
                 model_input = inpainting.unet_sample(model_input)
-            noise_uncond, noise_cond = self._predict_noise(model_input.numpy(), float(t), uncond, cond, extra)
+            noise_uncond, noise_cond = self._predict_noise(model_input.numpy(), float(t), uncond, cond, extra, control)
             guided = noise_uncond + settings.guidance_scale * (noise_cond - noise_uncond)
             latents = scheduler.step(torch.from_numpy(guided), t, latents, **step_options).prev_sample
             self._progress(f"step {index}/{len(timesteps)}")
         image = self.decode(latents.numpy())
         return self._safety_filter(image)
 
-    def _predict_noise(self, latents, t, uncond, cond, extra) -> tuple[np.ndarray, np.ndarray]:
-        unet = self.model("unet")
+    def _predict_noise(self, latents, t, uncond, cond, extra, control: Control | None = None
+                       ) -> tuple[np.ndarray, np.ndarray]:
+        unet = self.model(CONTROL_UNET if control else "unet")
+
+        def predict(feed: dict[str, np.ndarray]) -> np.ndarray:
+            residuals = control.residuals(self.model, feed) if control else {}
+            return unet.predict({**feed, **residuals})["noise_pred"]
+
         if self.manifest.batch_size == 2:
             feed = {
                 "sample": np.concatenate([latents, latents]),
@@ -157,13 +167,13 @@ class Pipeline:
                 "encoder_hidden_states": np.concatenate([uncond, cond]),
                 **{k: np.concatenate(v) for k, v in extra.items()},
             }
-            noise = unet.predict(feed)["noise_pred"]
+            noise = predict(feed)
             return noise[:1], noise[1:]
         results = []
         for index, hidden in enumerate((uncond, cond)):
             feed = {"sample": latents, "timestep": np.array([t], dtype=np.float32),
                     "encoder_hidden_states": hidden, **{k: v[index] for k, v in extra.items()}}
-            results.append(unet.predict(feed)["noise_pred"])
+            results.append(predict(feed))
         return results[0], results[1]
 
     def _extra_unet_inputs(self, cond_pooled, uncond_pooled) -> dict[str, tuple[np.ndarray, np.ndarray]]:

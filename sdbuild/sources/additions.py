@@ -40,7 +40,9 @@ class Addition(Protocol):
 
 def resolve_additions(build: "BuildConfig", source: "ResolvedSource", cache_dir: Path | None) -> tuple[Addition, ...]:
     """The recipe's additions in the order they apply: replacements first, then edits."""
-    return ()
+    from sdbuild.sources.controlnet import resolve_controlnets
+
+    return (*resolve_controlnets(build.controlnet, build.components, source, cache_dir),)
 
 
 def identities(additions: tuple[Addition, ...], folders: tuple[str, ...] | None = None) -> list[dict]:

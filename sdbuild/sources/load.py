@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
@@ -17,15 +18,16 @@ from sdbuild.sources.synthetic_weights import build_synthetic_submodel
 def load_submodel(source: ResolvedSource, folder: str) -> torch.nn.Module:
     """Only ``folder``'s weights are read (or, for synthetic sources, generated).
 
-    ``folder`` is one of unet, vae, text_encoder, text_encoder_2, safety_checker, controlnet;
-    a ControlNet exists for synthetic sources only (built from the UNet config).
+    ``folder`` is one of unet, vae, text_encoder, text_encoder_2, safety_checker; synthetic
+    sources also make a ControlNet from their UNet config (``controlnet``). Any other ControlNet
+    is an addition (``sdbuild.sources.controlnet``), not a folder of the model.
     """
     if source.kind == "synthetic":
         return build_synthetic_submodel(source, folder)
     if folder == CONTROLNET_FOLDER:
         raise SdbuildError(
-            f"ControlNet sources are not supported yet ({source.model_id} is a {source.kind} source)",
-            "build ControlNets from model.source=synthetic, or drop controlnet from the components",
+            f"{source.model_id} has no ControlNet of its own",
+            "ControlNets come from the recipe's controlnet: entries (source hub, local, file or synthetic)",
         )
     if folder not in source.configs:
         raise SdbuildError(
@@ -33,22 +35,24 @@ def load_submodel(source: ResolvedSource, folder: str) -> torch.nn.Module:
             f"it has: {', '.join(sorted(source.configs))}",
         )
     cls = model_class(folder, source.configs[folder])
-    weights = weight_files(source.root / folder, source.allow_pickle)  # re-checks the pickle policy
+    return load_pretrained(cls, source.root / folder, source.allow_pickle, f"{folder} of {source.model_id}")
+
+
+def load_pretrained(cls: type[torch.nn.Module], folder: Path, allow_pickle: bool, what: str) -> torch.nn.Module:
+    """``cls`` from the config and weights in ``folder``, float32, eval mode; one-line errors."""
+    weights = weight_files(folder, allow_pickle)  # re-checks the pickle policy
     dtype_key = "dtype" if is_transformers_class(cls) else "torch_dtype"
     try:
         with quiet_loading():
-            model = cls.from_pretrained(
-                source.root, subfolder=folder, use_safetensors=weights.safetensors,
-                **{dtype_key: torch.float32},
-            )
+            model = cls.from_pretrained(folder, use_safetensors=weights.safetensors, **{dtype_key: torch.float32})
     # A damaged pickle fails in the unpickler itself (EOFError, UnpicklingError).
     except (OSError, ValueError, RuntimeError, KeyError, SafetensorError, EOFError, pickle.UnpicklingError) as error:
         names = ", ".join(f"'{path}'" for path in weights.files)
         raise SdbuildError(
-            f"could not load {folder} of {source.model_id} from {names} ({_summary(error)})",
+            f"could not load {what} from {names} ({_summary(error)})",
             "re-download or re-export the model folder; its config.json must match the weights",
         ) from error
-    _check_finite(model, f"{folder} of {source.model_id}")
+    _check_finite(model, what)
     return model.float().eval()
 
 

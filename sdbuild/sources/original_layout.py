@@ -14,6 +14,7 @@ import torch
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
+CONTROLNET_PREFIX = "control_model."  # a ControlNet file's tensors (lllyasviel's layout)
 
 # Text encoder key prefix per (family, folder), and whether it is in OpenCLIP's layout (fused
 # q/k/v, resblocks) rather than Hugging Face CLIP's (``transformer.text_model.*``).
@@ -69,6 +70,24 @@ def original_state_dict(family: str, folder: str, config: dict, state: dict) -> 
     if open_clip:
         return _open_clip(state, prefix)
     return {f"{prefix}{key}": tensor for key, tensor in state.items()}
+
+
+def original_controlnet_state_dict(unet_config: dict, state: dict) -> dict[str, torch.Tensor]:
+    """A diffusers ControlNet's ``state`` under its original names: the UNet's encoder half
+    (mapped as the UNet's is), the hint block, the zero convolutions and the mid block's output."""
+    embedding_blocks = len({k.split(".")[2] for k in state if k.startswith("controlnet_cond_embedding.blocks.")})
+    pairs = [
+        *_unet_prefix_map(unet_config),
+        ("controlnet_mid_block.", "middle_block_out.0."),
+        ("controlnet_cond_embedding.conv_in.", "input_hint_block.0."),
+        # the hint block interleaves SiLU layers, so its convolutions sit at even indices
+        ("controlnet_cond_embedding.conv_out.", f"input_hint_block.{2 * (embedding_blocks + 1)}."),
+        *((f"controlnet_cond_embedding.blocks.{j}.", f"input_hint_block.{2 * (j + 1)}.")
+          for j in range(embedding_blocks)),
+        *((f"controlnet_down_blocks.{i}.", f"zero_convs.{i}.0.")
+          for i in range(len({k.split(".")[1] for k in state if k.startswith("controlnet_down_blocks.")}))),
+    ]
+    return _renamed(state, CONTROLNET_PREFIX, pairs, _UNET_RESNET_NAMES)
 
 
 def _renamed(state: dict, prefix: str, prefix_map: list[tuple[str, str]],

@@ -38,12 +38,12 @@ TEXT_ENCODER_WEIGHTS = "model.safetensors"
 def resolve_single_file(model_cfg, cache_dir: Path) -> ResolvedSource:
     """Check the file and the architecture, convert on first use, resolve the converted folder."""
     path, architecture = model_cfg.path, model_cfg.architecture
-    file = _checked_file(path, model_cfg.allow_pickle)
+    file = checked_file(path, model_cfg.allow_pickle)
     # A single file holds the pipeline's own submodels, never a safety checker.
     configs = {f: c for f, c in synthetic_configs(architecture).items() if f != "safety_checker"}
     arch = arch_from_configs(architecture, configs, f"bundled architecture '{architecture}'")
     tokenizer_dirs = _tokenizer_dirs(model_cfg.tokenizer, architecture, configs)
-    with _open_checkpoint(file) as checkpoint:
+    with open_checkpoint(file) as checkpoint:
         _check_family(file, checkpoint, arch.family, architecture)
         _check_unet_inputs(file, checkpoint, arch)
         file_digest = file_sha256(file)
@@ -64,17 +64,19 @@ def resolve_single_file(model_cfg, cache_dir: Path) -> ResolvedSource:
     )
 
 
-def _checked_file(path: str | None, allow_pickle: bool) -> Path:
+def checked_file(path: str | None, allow_pickle: bool, key: str = "model") -> Path:
+    """The existing checkpoint file at ``path`` (recipe keys ``<key>.path``, ``<key>.allow_pickle``),
+    its safetensors header checked."""
     if not path:
-        raise SdbuildError("model.source=file needs model.path", "set model.path=<checkpoint>.safetensors")
+        raise SdbuildError(f"{key}.source=file needs {key}.path", f"set {key}.path=<checkpoint>.safetensors")
     file = Path(path).expanduser().resolve()
     if not file.is_file():
-        raise SdbuildError(f"checkpoint file '{path}' does not exist", "set model.path to a single-file checkpoint")
+        raise SdbuildError(f"checkpoint file '{path}' does not exist", f"set {key}.path to a single-file checkpoint")
     if file.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise SdbuildError(
                 f"'{file}' is a pickle checkpoint",
-                "pickle files can execute code when loaded: set model.allow_pickle=true only if you "
+                f"pickle files can execute code when loaded: set {key}.allow_pickle=true only if you "
                 "trust this file, or convert it to .safetensors",
             )
     elif file.suffix == SAFETENSORS_SUFFIX:
@@ -82,7 +84,7 @@ def _checked_file(path: str | None, allow_pickle: bool) -> Path:
     else:
         raise SdbuildError(
             f"'{file}' is not a checkpoint file (unknown extension '{file.suffix}')",
-            f"use a {SAFETENSORS_SUFFIX} file (or {', '.join(PICKLE_SUFFIXES)} with model.allow_pickle=true)",
+            f"use a {SAFETENSORS_SUFFIX} file (or {', '.join(PICKLE_SUFFIXES)} with {key}.allow_pickle=true)",
         )
     return file
 
@@ -111,7 +113,7 @@ class _LazyTensors(Mapping):
 
 
 @contextmanager
-def _open_checkpoint(file: Path) -> Iterator[Mapping]:
+def open_checkpoint(file: Path) -> Iterator[Mapping]:
     import torch
     from safetensors import SafetensorError, safe_open
 
@@ -253,7 +255,7 @@ def _convert_submodel(dest: Path, file: Path, checkpoint: Mapping, family: str, 
     shapes = {k: tuple(v.shape) for k, v in expected.state_dict().items()}
     # Real files also carry CLIP's position_ids buffer, which the models rebuild themselves.
     state = {k: v for k, v in state.items() if not k.endswith("position_ids")}
-    problem = _mismatch(state, shapes)
+    problem = state_mismatch(state, shapes)
     if problem:
         raise SdbuildError(
             f"'{file}' does not fit architecture '{architecture}': its {submodel} {problem}",
@@ -265,7 +267,8 @@ def _convert_submodel(dest: Path, file: Path, checkpoint: Mapping, family: str, 
     shutil.copyfile(config_path, dest / "config.json")
 
 
-def _mismatch(state: dict, shapes: dict[str, tuple]) -> str | None:
+def state_mismatch(state: dict, shapes: dict[str, tuple]) -> str | None:
+    """What keeps ``state`` from loading into a model whose tensor shapes are ``shapes``, or None."""
     missing = sorted(set(shapes) - set(state))
     unexpected = sorted(set(state) - set(shapes))
     wrong = [k for k in sorted(set(state) & set(shapes)) if tuple(state[k].shape) != shapes[k]]

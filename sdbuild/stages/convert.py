@@ -108,7 +108,7 @@ class ConvertStage(Stage):
         }
         if spec.source_date is not None:  # only when set, so undated builds keep their keys
             parts["source_date"] = spec.source_date
-        additions = identities(spec.additions, job.folders)
+        additions = identities(job.additions)
         if additions:  # only when some touch this component, so its other keys stay as they were
             parts["additions"] = additions
         return parts

@@ -12,6 +12,6 @@ from sdbuild.spec import BuildSpec
 
 
 def load_component(spec: BuildSpec, job: ComponentJob) -> torch.nn.Module:
-    submodels = {folder: load_with_additions(spec.source, folder, spec.additions) for folder in job.folders}
+    submodels = {folder: load_with_additions(spec.source, folder, job.additions) for folder in job.folders}
     attention = job.attention or "ORIGINAL"
     return build_component_module(job.component, submodels, spec.arch, attention).eval()

@@ -37,7 +37,7 @@ def test_cached_snapshot_resolves_and_loads_offline(hub_cache, snapshot_dir):
     unet = load_submodel(source, "unet").state_dict()
     expected = load_submodel(synthetic, "unet").state_dict()
     assert unet.keys() == expected.keys() and all(torch.equal(unet[k], expected[k]) for k in unet)
-    with pytest.raises(SdbuildError, match="ControlNet sources are not supported yet"):
+    with pytest.raises(SdbuildError, match="has no ControlNet of its own"):
         load_submodel(source, "controlnet")
 
 

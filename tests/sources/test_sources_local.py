@@ -83,8 +83,8 @@ def test_missing_folder_or_layout_is_named(tmp_path, snapshot_copy):
         _local(root)
 
 
-def test_controlnet_from_a_folder_is_not_supported_yet(snapshot_dir):
-    with pytest.raises(SdbuildError, match="ControlNet sources are not supported yet"):
+def test_a_model_folder_has_no_controlnet_of_its_own(snapshot_dir):
+    with pytest.raises(SdbuildError, match="has no ControlNet of its own"):
         load_submodel(_local(snapshot_dir("tiny-sd21-base")), "controlnet")
 
 

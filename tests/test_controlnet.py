@@ -89,8 +89,7 @@ def test_each_controlnet_is_its_own_verified_package(build):
 
 
 def test_generation_matches_the_diffusers_controlnet_pipeline(build, control_images, tmp_path):
-    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
-    from diffusers.pipelines.controlnet import MultiControlNetModel
+    from diffusers import ControlNetModel, MultiControlNetModel, StableDiffusionControlNetPipeline
 
     from sdbuild.sources.synthetic import resolve_synthetic
     from sdbuild.sources.synthetic_weights import build_synthetic_submodel

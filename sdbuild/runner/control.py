@@ -60,7 +60,7 @@ def prepare_control(manifest: Manifest, image_paths: tuple[str, ...], scales: tu
     if not image_paths:
         if UNET in manifest.components:  # the build also has the plain UNet: an uncontrolled image
             return None
-        raise SdbuildError(f"this build's UNet needs ControlNet residuals, and no --control-image was given",
+        raise SdbuildError("this build's UNet needs ControlNet residuals, and no --control-image was given",
                            f"pass --control-image PATH once per ControlNet ({', '.join(keys)})")
     if len(image_paths) != len(keys):
         raise SdbuildError(f"{len(image_paths)} --control-image for {len(keys)} ControlNets ({', '.join(keys)})",

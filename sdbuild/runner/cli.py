@@ -21,7 +21,7 @@ from sdbuild.quiet import silence_progress_bars
 from sdbuild.manifest import MANIFEST_FILE
 from sdbuild.progress import quiet_mode
 from sdbuild.runner.backends import BACKENDS
-from sdbuild.runner.inpaint import INPAINTING_STRENGTH
+from sdbuild.runner.inpaint import INPAINTING_STRENGTH, check_mask_files
 from sdbuild.runner.pipeline import SCHEDULERS, GenerationSettings, Pipeline, settings_record
 
 
@@ -104,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SdbuildError(f"{flag} {value} is not a finite number", f"e.g. {flag} 0.75")
         if args.init_image:
             check_init_image(args.init_image)
+        if args.mask:
+            check_mask_files(args.init_image, args.mask)
         if args.output:
             check_output(args.output)
         with quiet_mode(args.quiet):

@@ -50,6 +50,19 @@ def _image_size(path: str, flag: str) -> tuple[int, int]:
     return size
 
 
+def check_mask_files(init_image: str | None, mask: str) -> None:
+    """The mask comes with a picture, both readable, of one size."""
+    if not init_image:
+        raise SdbuildError("--mask needs --init-image (the picture to repaint)", "pass --init-image PICTURE with the mask")
+    image_size = _image_size(init_image, "--init-image")
+    mask_size = _image_size(mask, "--mask")
+    if mask_size != image_size:
+        raise SdbuildError(
+            f"--mask {mask} is {mask_size[0]}x{mask_size[1]} but --init-image is {image_size[0]}x{image_size[1]}",
+            f"give a mask of the picture's size ({MASK_HINT})",
+        )
+
+
 @dataclass
 class Inpainting:
     """One inpainting request, checked; `start` prepares the UNet's extra channels."""
@@ -69,23 +82,13 @@ class Inpainting:
                 raise SdbuildError("this build's UNet is an inpainting UNet: it needs --init-image and --mask",
                                    f"pass --init-image PICTURE --mask MASK ({MASK_HINT})")
             return None
-        if not settings.init_image:
-            raise SdbuildError("--mask needs --init-image (the picture to repaint)",
-                               "pass --init-image PICTURE with the mask")
+        check_mask_files(settings.init_image, settings.mask)
         if not inpainting_build:
             raise SdbuildError("--mask needs an inpainting build, and this build's UNet is a text-to-image UNet",
                                "build an inpainting model (e.g. make build RECIPE=tiny-inpainting), "
                                "or drop --mask for image-to-image")
         if VAE_ENCODER not in manifest.components:
             raise SdbuildError("inpainting needs a vae_encoder in the build", "rebuild with vae_encoder in components")
-        image_size = _image_size(settings.init_image, "--init-image")
-        mask_size = _image_size(settings.mask, "--mask")
-        if mask_size != image_size:
-            raise SdbuildError(
-                f"--mask {settings.mask} is {mask_size[0]}x{mask_size[1]} but --init-image is "
-                f"{image_size[0]}x{image_size[1]}",
-                f"give a mask of the picture's size ({MASK_HINT})",
-            )
         return cls(settings.init_image, settings.mask)
 
     def start(self, pipeline: Pipeline, settings: GenerationSettings, scheduler, generator):

@@ -218,6 +218,10 @@ RUNNER_CASES = [
     ("strength_nan", ["--strength", "nan", "--init-image", "{tmp}/picture.png"], ["--strength nan"]),
     ("init_image_missing", ["--init-image", "{tmp}/missing.png"], ["--init-image", "not a readable image"]),
     ("init_image_not_image", ["--init-image", "{tmp}/a-file"], ["--init-image", "not a readable image"]),
+    ("mask_without_image", ["--mask", "{tmp}/picture.png"], ["--mask needs --init-image"]),
+    ("mask_not_image", ["--init-image", "{tmp}/picture.png", "--mask", "{tmp}/a-file"], ["--mask", "not a readable image"]),
+    ("mask_other_size", ["--init-image", "{tmp}/picture.png", "--mask", "{tmp}/small.png"],
+     ["--mask", "is 4x4 but --init-image is 8x8", "picture's size"]),
     ("output_under_file", ["--output", "{tmp}/a-file/out.png"], ["--output", "is a file"]),
     ("output_is_folder", ["--output", "{tmp}"], ["--output", "is a folder"]),
 ]
@@ -229,6 +233,7 @@ def test_bad_runner_options_fail_in_one_line(args, words, workspace, capsys):
 
     workspace.root.joinpath("a-file").write_text("not an image")
     Image.new("RGB", (8, 8)).save(workspace.root / "picture.png")
+    Image.new("L", (4, 4)).save(workspace.root / "small.png")
     before = sorted(workspace.root.rglob("*"))
     args = [a.replace("{tmp}", str(workspace.root)) for a in args]
     assert runner_main(["--build", str(workspace.root / "no-build"), "--prompt", "x", *args]) == 2

@@ -34,6 +34,10 @@ SUBCOMMANDS = {
     "mixed-bit": ("sdbuild.inspect_cli", "mixed_bit_main", "mixed-bit palettization pre-analysis"),
     "synth-file": ("sdbuild.sources.synthetic_file", "synth_file_main",
                    "write a synthetic model as one original-layout checkpoint (--architecture A --out F)"),
+    "synth-vae": ("sdbuild.sources.vae", "synth_vae_main",
+                  "write a synthetic VAE: a diffusers folder or an original-layout file (--seed S --out F)"),
+    "synth-embedding": ("sdbuild.sources.embeddings", "synth_embedding_main",
+                        "write a synthetic textual-inversion embedding (--token T --vectors N --out F)"),
 }
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sdbuild.contract import (
     SUBMODEL_OF, VAE_DECODER, VAE_ENCODER, Interface, component_interface, package_file_name,
-    submodel_folders, vae_precision,
+    submodel_folders,
 )
 from sdbuild.attention_choice import ATTENTION_COMPONENTS
 from sdbuild.spec import BuildSpec
@@ -30,13 +30,14 @@ class ComponentJob:
 def plan_jobs(spec: BuildSpec) -> list[ComponentJob]:
     jobs = []
     for component in spec.components:
-        precision = vae_precision(spec.arch) if component in (VAE_DECODER, VAE_ENCODER) else "float16"
+        precision = spec.vae_precision if component in (VAE_DECODER, VAE_ENCODER) else "float16"
         jobs.append(
             ComponentJob(
                 component=component,
                 submodel=SUBMODEL_OF[component],
                 folders=submodel_folders(component),
-                interface=component_interface(component, spec.arch, spec.latent_size, spec.batch_size),
+                interface=component_interface(
+                    component, spec.arch, spec.latent_size, spec.batch_size, spec.vae_precision),
                 precision=precision,
                 file_name=package_file_name(spec.source.model_id, component),
                 attention=spec.attention if component in ATTENTION_COMPONENTS else None,

@@ -40,7 +40,14 @@ class Addition(Protocol):
 
 def resolve_additions(build: "BuildConfig", source: "ResolvedSource", cache_dir: Path | None) -> tuple[Addition, ...]:
     """The recipe's additions in the order they apply: replacements first, then edits."""
-    return ()
+    from sdbuild.sources.embeddings import resolve_embeddings
+    from sdbuild.sources.vae import resolve_vae
+
+    found = (
+        resolve_vae(build.vae, source, build.model.allow_pickle),
+        resolve_embeddings(build.embeddings, source, build.model.allow_pickle),
+    )
+    return tuple(a for a in found if a is not None)
 
 
 def identities(additions: tuple[Addition, ...], folders: tuple[str, ...] | None = None) -> list[dict]:

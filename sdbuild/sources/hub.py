@@ -29,7 +29,7 @@ def hub_allow_patterns(allow_pickle: bool) -> list[str]:
 
 def resolve_hub(repo_id: str, revision: str | None, allow_pickle: bool) -> ResolvedSource:
     where = f"'{repo_id}'" + (f" at revision '{revision}'" if revision else "")
-    root = _fetch(repo_id, revision, where, allow_pickle=False)
+    root = fetch_snapshot(repo_id, revision, where, hub_allow_patterns(False))
     try:
         configs, digest = read_snapshot(root, allow_pickle=False)
     except SdbuildError:
@@ -37,7 +37,7 @@ def resolve_hub(repo_id: str, revision: str | None, allow_pickle: bool) -> Resol
             raise
         # Some submodel has no safetensors: fetch pickle weights too, from the same commit, so
         # that models publishing both formats are never downloaded twice.
-        root = _fetch(repo_id, root.name, where, allow_pickle=True)
+        root = fetch_snapshot(repo_id, root.name, where, hub_allow_patterns(True))
         configs, digest = read_snapshot(root, allow_pickle=True)
     return ResolvedSource(
         kind="hub", model_id=repo_id, revision=root.name,  # snapshots/<commit hash>
@@ -46,10 +46,9 @@ def resolve_hub(repo_id: str, revision: str | None, allow_pickle: bool) -> Resol
     )
 
 
-def _fetch(repo_id: str, revision: str | None, where: str, allow_pickle: bool) -> Path:
-    """The snapshot folder in the Hugging Face cache, downloading what is missing."""
+def fetch_snapshot(repo_id: str, revision: str | None, where: str, patterns: list[str]) -> Path:
+    """The snapshot folder in the Hugging Face cache, downloading what is missing of ``patterns``."""
     try:
-        patterns = hub_allow_patterns(allow_pickle)
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
     except RevisionNotFoundError as error:
         raise SdbuildError(

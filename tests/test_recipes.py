@@ -26,8 +26,10 @@ def test_required_recipes_exist():
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_composes_and_validates_offline(recipe, tmp_path):
-    # Real-model recipes name Hub ids; offline they are validated on their synthetic twin.
-    cfg = compose_recipe([f"recipe={recipe}", "model.source=synthetic", f"output.dir={tmp_path}"])
+    # Real-model recipes name Hub ids and recipes with additions name files the user writes first;
+    # offline they are validated on their synthetic twin (a synthetic VAE, no embeddings).
+    cfg = compose_recipe([f"recipe={recipe}", "model.source=synthetic", "vae.source=synthetic", "embeddings=[]",
+                          f"output.dir={tmp_path}"])
     assert isinstance(OmegaConf.to_object(cfg), BuildConfig)
     spec = validate(cfg)
     assert spec.recipe == recipe, "a recipe's name must match its file name"

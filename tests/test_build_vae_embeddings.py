@@ -39,42 +39,44 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
 
 def _overrides(inputs: dict[str, Path]) -> list[str]:
-    return [f"vae.source=local", f"vae.path={inputs['vae']}", f"embeddings=[{inputs['style']},{inputs['toy']}]",
+    return ["vae.source=local", f"vae.path={inputs['vae']}", f"embeddings=[{inputs['style']},{inputs['toy']}]",
             "model.allow_pickle=true"]
 
 
 @pytest.fixture(scope="module")
-def custom_build(tiny_build, inputs, shared_cache_dir, tmp_path_factory) -> tuple[Path, list[str]]:
-    """The build, and the components it loaded weights for (the rest came from the cache)."""
-    from sdbuild.stages import load
-
-    loaded = []
-    real = load.load_component
-
-    def recording(spec, job):
-        loaded.append(job.component)
-        return real(spec, job)
-
+def custom_build(tiny_build, inputs, shared_cache_dir, tmp_path_factory) -> Path:
+    """The tiny recipe with the VAE and the embeddings, on the plain tiny build's cache."""
     root = tmp_path_factory.mktemp("vae-embeddings-build")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(load, "load_component", recording)
-        assert main([*_overrides(inputs), f"output.dir={root}", f"cache.dir={shared_cache_dir}", "--quiet"]) == 0
+    assert main([*_overrides(inputs), f"output.dir={root}", f"cache.dir={shared_cache_dir}", "--quiet"]) == 0
     (build,) = [p for p in (root / "tiny").iterdir() if not p.name.startswith(".")]
-    return build, loaded
+    return build
 
 
-def test_only_the_vae_and_the_text_encoder_are_converted_again(custom_build, tiny_build):
-    build, loaded = custom_build
-    assert sorted(loaded) == ["text_encoder", "vae_decoder", "vae_encoder"]
-    manifest = json.loads((build / "manifest.json").read_text())
-    plain = json.loads((tiny_build / "manifest.json").read_text())
-    assert manifest["components"]["unet"]["sha256"] == plain["components"]["unet"]["sha256"]
+def test_only_the_vae_and_the_text_encoder_are_converted_again(custom_build, tiny_build, inputs, tmp_path):
+    from sdbuild.plan import plan_jobs
+    from sdbuild.preflight import compose_recipe
+    from sdbuild.spec import validate
+    from sdbuild.stages.convert import ConvertStage
+    from sdbuild.stages.stage import StageContext
+
+    def convert_keys(overrides: list[str]) -> dict[str, dict]:
+        spec = validate(compose_recipe([*overrides, f"output.dir={tmp_path}"]))
+        return {job.component: ConvertStage().key_parts(StageContext(spec, job, step=None)) for job in plan_jobs(spec)}
+
+    plain, custom = convert_keys([]), convert_keys(_overrides(inputs))
+    assert [c for c in plain if plain[c] != custom[c]] == ["text_encoder", "vae_decoder", "vae_encoder"]
+    assert [a["kind"] for a in custom["vae_decoder"]["additions"]] == ["vae"]
+    assert [a["kind"] for a in custom["text_encoder"]["additions"]] == ["embeddings"]
+    # The packages agree: the UNet is the plain build's, the others differ.
+    manifest = json.loads((custom_build / "manifest.json").read_text())
+    plain_manifest = json.loads((tiny_build / "manifest.json").read_text())
+    assert manifest["components"]["unet"]["sha256"] == plain_manifest["components"]["unet"]["sha256"]
     for name in ("text_encoder", "vae_decoder", "vae_encoder"):
-        assert manifest["components"][name]["sha256"] != plain["components"][name]["sha256"], name
+        assert manifest["components"][name]["sha256"] != plain_manifest["components"][name]["sha256"], name
 
 
 def test_manifest_records_the_additions_the_scaling_factor_and_the_extended_tokenizer(custom_build, inputs):
-    build, _ = custom_build
+    build = custom_build
     manifest = json.loads((build / "manifest.json").read_text())
     vae, embeddings = manifest["additions"]
     assert vae["kind"] == "vae" and vae["source"] == "local" and vae["scaling_factor"] == VAE_SCALING_FACTOR
@@ -114,7 +116,7 @@ def _load_embeddings(inputs):
 def test_generation_matches_diffusers_with_the_same_vae_and_embeddings(custom_build, inputs, tmp_path):
     from diffusers import StableDiffusionPipeline
 
-    build, _ = custom_build
+    build = custom_build
     pipeline = Pipeline(build, backend="evaluator", progress=lambda text: None)
     ids = pipeline.token_ids(PROMPT)[0].astype(int).tolist()
     assert [i for i in ids if i >= 49408] == [49408, 49409, 49410], "the tokens, the style's two vectors expanded"

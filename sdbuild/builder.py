@@ -24,6 +24,7 @@ from sdbuild.manifest import ComponentInfo, Manifest, write_manifest
 from sdbuild.plan import ComponentJob, plan_jobs
 from sdbuild.progress import StageTimer, build_summary_table
 from sdbuild.sources import write_tokenizer_files
+from sdbuild.sources.embeddings import added_tokens
 from sdbuild.spec import BuildSpec
 from sdbuild.stages.pipeline import COMPONENT_STAGES
 from sdbuild.stages.record import build_manifest, component_info, file_info
@@ -58,7 +59,7 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
             job.name: _build_component(index, job, spec, cache, timer, staging, cache_lookups)
             for index, job in enumerate(jobs, start=1)
         }
-        tokenizer = [file_info(staging, path) for path in write_tokenizer_files(spec.source, staging)]
+        tokenizer = [file_info(staging, path) for path in write_tokenizer_files(spec.source, staging, added_tokens(spec.additions))]
         manifest = build_manifest(spec, components, tokenizer)
         write_manifest(manifest, staging)
         write_build_info(staging, {

@@ -36,6 +36,10 @@ SUBCOMMANDS = {
                    "write a synthetic model as one original-layout checkpoint (--architecture A --out F)"),
     "synth-controlnet": ("sdbuild.sources.synthetic_controlnet", "synth_controlnet_main",
                          "write a seeded ControlNet: a diffusers folder or an original-layout file (--out)"),
+    "synth-vae": ("sdbuild.sources.vae", "synth_vae_main",
+                  "write a synthetic VAE: a diffusers folder or an original-layout file (--seed S --out F)"),
+    "synth-embedding": ("sdbuild.sources.embeddings", "synth_embedding_main",
+                        "write a synthetic textual-inversion embedding (--token T --vectors N --out F)"),
 }
 
 

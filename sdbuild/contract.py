@@ -180,9 +180,11 @@ def vae_precision(arch: ArchInfo) -> str:
 
 
 def component_interface(
-    component: str, arch: ArchInfo, latent_size: tuple[int, int], batch_size: int
+    component: str, arch: ArchInfo, latent_size: tuple[int, int], batch_size: int,
+    vae_dtype: str | None = None,
 ) -> Interface:
-    """Inputs and outputs of ``component`` exactly as Core ML Stable Diffusion apps expect."""
+    """Inputs and outputs of ``component`` exactly as Core ML Stable Diffusion apps expect;
+    ``vae_dtype`` overrides ``vae_precision(arch)`` (a recipe's float16-safe SDXL VAE)."""
     if not arch.supports(component):
         raise SdbuildError(f"architecture '{arch.name}' has no component '{component}'")
     h, w = latent_size
@@ -221,11 +223,12 @@ def component_interface(
             inputs += residuals
         return Interface(tuple(inputs), (TensorSpec("noise_pred", (b, c, h, w), f32),))
 
+    vae_dtype = vae_dtype or vae_precision(arch)
     if component == VAE_DECODER:
-        return Interface((TensorSpec("z", (1, c, h, w), vae_precision(arch)),),
+        return Interface((TensorSpec("z", (1, c, h, w), vae_dtype),),
                          (TensorSpec("image", (1, 3, 8 * h, 8 * w), f32),))
     if component == VAE_ENCODER:
-        return Interface((TensorSpec("x", (1, 3, 8 * h, 8 * w), vae_precision(arch)),),
+        return Interface((TensorSpec("x", (1, 3, 8 * h, 8 * w), vae_dtype),),
                          (TensorSpec("latent", (1, 2 * c, h, w), f32),))
     if component == SAFETY_CHECKER:
         size = 8 * h, 8 * w

@@ -112,7 +112,7 @@ class SourceInfo(_Strict):
     architecture: str
     family: Literal["sd1", "sd2", "sdxl"]
     scheduler: dict
-    latent_scaling_factor: float
+    latent_scaling_factor: float  # of the VAE the build ships (a recipe's replacement VAE: its own)
     prediction_type: str
 
 

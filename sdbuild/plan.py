@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from sdbuild.contract import (
     CONTROLNET, VAE_DECODER, VAE_ENCODER, Interface, component_interface, controlnet_key,
-    package_file_name, submodel_folders, vae_precision,
+    package_file_name, submodel_folders,
 )
 from sdbuild.attention_choice import ATTENTION_COMPONENTS
 from sdbuild.sources.additions import Addition
@@ -45,7 +45,7 @@ def plan_jobs(spec: BuildSpec) -> list[ComponentJob]:
 
 
 def _job(spec: BuildSpec, component: str, additions: tuple[Addition, ...], name: str, model_id: str) -> ComponentJob:
-    precision = vae_precision(spec.arch) if component in (VAE_DECODER, VAE_ENCODER) else "float16"
+    precision = spec.vae_precision if component in (VAE_DECODER, VAE_ENCODER) else "float16"
     folders = submodel_folders(component)
     return ComponentJob(
         name=name,
@@ -53,7 +53,7 @@ def _job(spec: BuildSpec, component: str, additions: tuple[Addition, ...], name:
         submodel=folders[0],
         folders=folders,
         additions=additions,
-        interface=component_interface(component, spec.arch, spec.latent_size, spec.batch_size),
+        interface=component_interface(component, spec.arch, spec.latent_size, spec.batch_size, spec.vae_precision),
         precision=precision,
         file_name=package_file_name(model_id, component),
         attention=spec.attention if component in ATTENTION_COMPONENTS else None,

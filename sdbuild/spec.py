@@ -29,6 +29,7 @@ from sdbuild.inpainting import check_inpainting_components
 from sdbuild.package_io import source_date
 from sdbuild.sources import ResolvedSource, resolve_source
 from sdbuild.sources.additions import Addition, identities, resolve_additions
+from sdbuild.sources.vae import resolved_vae_precision
 from sdbuild.versions import tool_versions
 
 # Config keys that say where things go (or how a sweep reports), not what is built: they do not
@@ -42,6 +43,7 @@ class BuildSpec:
     config: dict  # the resolved recipe as plain JSON-able data, recorded in the manifest
     source: ResolvedSource
     additions: tuple[Addition, ...]  # LoRA, another VAE, embeddings, ControlNet: in apply order
+    vae_precision: str  # of vae_decoder/vae_encoder: the contract's, or float16 for a float16-safe SDXL VAE
     components: tuple[str, ...]
     attention: str
     deployment_target: str
@@ -153,6 +155,7 @@ def validate(cfg: DictConfig) -> BuildSpec:
         config=data,
         source=source,
         additions=additions,
+        vae_precision=resolved_vae_precision(build.vae, source, additions),
         components=components,
         attention=attention,
         deployment_target=target,

@@ -26,9 +26,12 @@ def test_required_recipes_exist():
 
 @pytest.mark.parametrize("recipe", RECIPES)
 def test_recipe_composes_and_validates_offline(recipe, tmp_path):
-    # Real-model recipes name Hub ids (and files a command writes first): offline they are
-    # validated on their synthetic twin, ControlNets included.
-    cfg = compose_recipe([f"recipe={recipe}", "model.source=synthetic", f"output.dir={tmp_path}"])
+    # Real-model recipes name Hub ids, and recipes with additions name files a command writes
+    # first: offline they are validated on their synthetic twin (synthetic VAE and ControlNets,
+    # no embeddings).
+    cfg = compose_recipe([f"recipe={recipe}", "model.source=synthetic", "embeddings=[]", f"output.dir={tmp_path}"])
+    if cfg.vae.source is not None:
+        cfg.vae.source = "synthetic"
     for controlnet in cfg.controlnet:
         controlnet.source = "synthetic"
     assert isinstance(OmegaConf.to_object(cfg), BuildConfig)

@@ -57,6 +57,24 @@ class ModelConfig:
     allow_pickle: bool = False  # pickle checkpoints can execute code: refused unless allowed
 
 
+class VaePrecision(StrEnum):
+    float16 = "float16"
+    float32 = "float32"
+
+
+@dataclass
+class VaeConfig:
+    """Another VAE for vae_decoder/vae_encoder (see `sdbuild.sources.vae`); source null = the model's own."""
+
+    source: Optional[SourceKind] = None
+    id: Optional[str] = None  # source=hub: a VAE repo (config.json at its root or in vae/)
+    revision: Optional[str] = None
+    path: Optional[str] = None  # local: an AutoencoderKL folder or a pipeline folder; file: an original-layout .safetensors
+    seed: int = 0  # source=synthetic: the seed of the architecture's VAE weights
+    # null: float32 for SDXL unless the VAE's config says force_upcast=false (the fp16-fixed VAE)
+    precision: Optional[VaePrecision] = None
+
+
 @dataclass
 class ControlNetConfig:
     """One ControlNet (recipe key ``controlnet``, a list): its own weights, fitted to the model's
@@ -144,6 +162,9 @@ class BuildConfig:
     name: str = "unnamed"
     description: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
+    vae: VaeConfig = field(default_factory=VaeConfig)
+    # textual-inversion embedding files (A1111 .pt/.safetensors, diffusers learned_embeds): sdbuild.sources.embeddings
+    embeddings: List[str] = field(default_factory=list)
     controlnet: List[ControlNetConfig] = field(default_factory=list)  # needs control-unet, controlnet
     components: List[str] = field(
         default_factory=lambda: ["text_encoder", "unet", "vae_decoder", "vae_encoder"]

@@ -21,6 +21,7 @@ from sdbuild.progress import bar
 from sdbuild.runner.backends import ChunkedPredictor, Predictor, load_predictor, resolve_backend
 from sdbuild.runner.inpaint import Inpainting
 from sdbuild.runner.control import Control, prepare_control
+from sdbuild.sources.embeddings import expand_multi_vector_tokens
 from sdbuild.sources.resolved import TOKENIZER_OF
 from sdbuild.sources.tokenizer import VOCAB_FILE
 
@@ -101,6 +102,7 @@ class Pipeline:
     def token_ids(self, text: str, tokenizer=None) -> np.ndarray:
         """(1, 77) float32 ids, padded and truncated as the text encoders were traced."""
         tokenizer = tokenizer or self.tokenizer
+        text = expand_multi_vector_tokens(text, tokenizer)  # textual-inversion tokens of several vectors
         ids = tokenizer(text, padding="max_length", max_length=77, truncation=True).input_ids
         return np.asarray(ids, dtype=np.float32)[None, :]
 

@@ -41,8 +41,16 @@ class Addition(Protocol):
 def resolve_additions(build: "BuildConfig", source: "ResolvedSource", cache_dir: Path | None) -> tuple[Addition, ...]:
     """The recipe's additions in the order they apply: replacements first, then edits."""
     from sdbuild.sources.controlnet import resolve_controlnets
+    from sdbuild.sources.embeddings import resolve_embeddings
+    from sdbuild.sources.vae import resolve_vae
 
-    return (*resolve_controlnets(build.controlnet, build.components, source, cache_dir),)
+    vae = resolve_vae(build.vae, source, build.model.allow_pickle)
+    embeddings = resolve_embeddings(build.embeddings, source, build.model.allow_pickle)
+    return (
+        *([vae] if vae else []),
+        *resolve_controlnets(build.controlnet, build.components, source, cache_dir),
+        *([embeddings] if embeddings else []),
+    )
 
 
 def identities(additions: tuple[Addition, ...], folders: tuple[str, ...] | None = None) -> list[dict]:

@@ -24,6 +24,8 @@ END_OF_WORD = "</w>"
 MERGES_HEADER = "#version: 0.2"
 VOCAB_FILE, MERGES_FILE = "vocab.json", "merges.txt"
 TOKENIZER_FILES = (VOCAB_FILE, MERGES_FILE)
+# Tokens matched whole before BPE (textual-inversion tokens); transformers' CLIPTokenizer reads it.
+ADDED_TOKENS_FILE = "added_tokens.json"
 
 
 # Training text for the synthetic vocabulary: words common in image prompts and everyday English.
@@ -144,7 +146,7 @@ def write_tokenizer_folder(dest: Path) -> None:
     (dest / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
 
 
-def _tokenizer_contents(source: ResolvedSource) -> list[tuple[str, dict[str, bytes]]]:
+def tokenizer_contents(source: ResolvedSource) -> list[tuple[str, dict[str, bytes]]]:
     """(tokenizer folder, {file name: bytes}) for each of the source's text encoders."""
     folders = [tokenizer for encoder, tokenizer in TOKENIZER_OF.items() if encoder in source.configs]
     if source.root is None:
@@ -166,8 +168,10 @@ def _tokenizer_contents(source: ResolvedSource) -> list[tuple[str, dict[str, byt
     return contents
 
 
-def write_tokenizer_files(source: ResolvedSource, dest_dir: Path) -> list[Path]:
+def write_tokenizer_files(source: ResolvedSource, dest_dir: Path,
+                          added: dict[str, dict[str, int]] | None = None) -> list[Path]:
     """Write the tokenizer files a Core ML Stable Diffusion app reads; returns the paths written.
+    ``added`` maps a tokenizer folder to the new tokens of textual-inversion embeddings and their ids.
 
     Layout: ``dest_dir/vocab.json`` and ``dest_dir/merges.txt`` hold the first text encoder's
     tokenizer (the Swift ``Resources/`` convention). When the source has a second tokenizer
@@ -175,7 +179,8 @@ def write_tokenizer_files(source: ResolvedSource, dest_dir: Path) -> list[Path]:
     ``dest_dir/tokenizer_2/vocab.json`` and ``dest_dir/tokenizer_2/merges.txt``; identical ones
     (as in the published SDXL base) are not repeated.
     """
-    contents = _tokenizer_contents(source)
+    added = added or {}
+    contents = [(folder, _with_added(files, added.get(folder, {}))) for folder, files in tokenizer_contents(source)]
     primary = contents[0][1]
     targets = [(dest_dir, primary)]
     targets += [(dest_dir / folder, files) for folder, files in contents[1:] if files != primary]
@@ -186,3 +191,13 @@ def write_tokenizer_files(source: ResolvedSource, dest_dir: Path) -> list[Path]:
             (directory / name).write_bytes(data)
             written.append(directory / name)
     return written
+
+
+def _with_added(files: dict[str, bytes], added: dict[str, int]) -> dict[str, bytes]:
+    """The tokenizer files with ``added`` tokens: in vocab.json (so it lists every id the text
+    encoder has) and in added_tokens.json (so tokenizers match them whole, never split by BPE)."""
+    if not added:
+        return files
+    vocab = json.loads(files[VOCAB_FILE]) | added
+    return {**files, VOCAB_FILE: json.dumps(vocab, ensure_ascii=False).encode("utf-8"),
+            ADDED_TOKENS_FILE: json.dumps(added, ensure_ascii=False, indent=2).encode("utf-8")}

@@ -10,6 +10,7 @@ from sdbuild.manifest import ComponentInfo, FileInfo, InterfaceInfo, Manifest, R
 from sdbuild.package_io import file_size, package_digest
 from sdbuild.plan import ComponentJob
 from sdbuild.sources.additions import identities
+from sdbuild.sources.vae import latent_scaling_factor
 from sdbuild.spec import BuildSpec
 from sdbuild.versions import tool_versions
 
@@ -39,7 +40,7 @@ def build_manifest(spec: BuildSpec, components: dict[str, ComponentInfo], tokeni
             architecture=source.arch.name,
             family=source.arch.family,
             scheduler=source.configs.get("scheduler", {}),
-            latent_scaling_factor=source.arch.vae_scaling_factor,
+            latent_scaling_factor=latent_scaling_factor(source, spec.additions),  # the shipped VAE's
             prediction_type=source.arch.prediction_type,
         ),
         latent_size=list(spec.latent_size),

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdbuild.contract import TEXT_ENCODER_2
+from sdbuild.contract import REFINER, TEXT_ENCODER_2, UNET
 from sdbuild.errors import SdbuildError
 from sdbuild.manifest import ComponentInfo, Manifest, check_build
 from sdbuild.progress import bar
@@ -45,6 +45,11 @@ class GenerationSettings:
     init_image: str | None = None
     strength: float = 0.75
     backend: str = "auto"
+    # The SDXL refiner's conditioning (as diffusers' defaults), and the hand-off from a base build.
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
+    refiner: str | None = None
+    refine_from: float = 0.8
 
 
 class Pipeline:
@@ -68,6 +73,9 @@ class Pipeline:
         self.tokenizer = CLIPTokenizer.from_pretrained(str(paths[VOCAB_FILE].parent))
         second = paths.get(f"{TOKENIZER_OF[TEXT_ENCODER_2]}/{VOCAB_FILE}")
         self.tokenizer_2 = CLIPTokenizer.from_pretrained(str(second.parent)) if second else self.tokenizer
+        # An SDXL refiner build: text_encoder_2 alone, its UNet is the component `refiner`.
+        self.is_refiner = self.has(REFINER)
+        self.unet_component = REFINER if self.is_refiner else UNET
 
     def has(self, component: str) -> bool:
         return component in self.manifest.components
@@ -105,31 +113,47 @@ class Pipeline:
         if self.manifest.source.family != "sdxl":
             hidden = self.model("text_encoder").predict({"input_ids": ids})["last_hidden_state"]
             return _unet_layout(hidden), None
-        first = self.model("text_encoder").predict({"input_ids": ids})
         second = self.model("text_encoder_2").predict({"input_ids": self.token_ids(text, self.tokenizer_2)})
-        hidden = np.concatenate([first["hidden_embeds"], second["hidden_embeds"]], axis=-1)
+        hidden = second["hidden_embeds"]
+        if not self.is_refiner:
+            first = self.model("text_encoder").predict({"input_ids": ids})
+            hidden = np.concatenate([first["hidden_embeds"], hidden], axis=-1)
         return _unet_layout(hidden), second["pooled_outputs"]
 
     # --- generation -----------------------------------------------------------------------
 
     def generate(self, settings: GenerationSettings) -> np.ndarray:
         """An (H, W, 3) uint8 image."""
+        scheduler, latents, timesteps, generator = self.start(settings)
+        latents = self.denoise(settings, scheduler, latents, timesteps, generator)
+        return self.finish(latents)
+
+    def start(self, settings: GenerationSettings):
+        """(scheduler, initial latents, the timesteps to run, the seeded generator)."""
         import torch
 
         scheduler = make_scheduler(settings.scheduler, self.manifest.source.scheduler)
         scheduler.set_timesteps(settings.steps)
+        generator = torch.Generator().manual_seed(settings.seed)
+        if settings.init_image:
+            latents, timesteps = self._image_latents(settings, scheduler, generator)
+        else:
+            h, w = self.manifest.latent_size
+            latents = torch.randn((1, 4, h, w), generator=generator) * scheduler.init_noise_sigma
+            timesteps = scheduler.timesteps
+        return scheduler, latents, timesteps, generator
+
+    def finish(self, latents) -> np.ndarray:
+        return self._safety_filter(self.decode(latents.numpy()))
+
+    def denoise(self, settings: GenerationSettings, scheduler, latents, timesteps, generator):
+        """``latents`` denoised over ``timesteps`` (a part of ``scheduler``'s) with this build's
+        text encoders and UNet."""
+        import torch
+
         cond, cond_pooled = self.encode_text(settings.prompt)
         uncond, uncond_pooled = self.encode_text(settings.negative_prompt)
-        generator = torch.Generator().manual_seed(settings.seed)
-        h, w = self.manifest.latent_size
-        shape = (1, 4, h, w)
-        timesteps = scheduler.timesteps
-        noise = torch.randn(shape, generator=generator)
-        if settings.init_image:
-            latents, timesteps = self._image_latents(settings, scheduler, noise, generator)
-        else:
-            latents = noise * scheduler.init_noise_sigma
-        extra = self._extra_unet_inputs(cond_pooled, uncond_pooled)
+        extra = self._extra_unet_inputs(settings, cond_pooled, uncond_pooled)
         # Ancestral samplers draw noise each step; seed it too where the scheduler accepts it.
         step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         for index, t in enumerate(bar(timesteps, "denoising"), start=1):
@@ -138,11 +162,10 @@ class Pipeline:
             guided = noise_uncond + settings.guidance_scale * (noise_cond - noise_uncond)
             latents = scheduler.step(torch.from_numpy(guided), t, latents, **step_options).prev_sample
             self._progress(f"step {index}/{len(timesteps)}")
-        image = self.decode(latents.numpy())
-        return self._safety_filter(image)
+        return latents
 
     def _predict_noise(self, latents, t, uncond, cond, extra) -> tuple[np.ndarray, np.ndarray]:
-        unet = self.model("unet")
+        unet = self.model(self.unet_component)
         if self.manifest.batch_size == 2:
             feed = {
                 "sample": np.concatenate([latents, latents]),
@@ -159,15 +182,20 @@ class Pipeline:
             results.append(unet.predict(feed)["noise_pred"])
         return results[0], results[1]
 
-    def _extra_unet_inputs(self, cond_pooled, uncond_pooled) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """SDXL's added conditioning: pooled text embeddings and (original, crop, target) sizes."""
+    def _extra_unet_inputs(self, settings, cond_pooled, uncond_pooled) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """SDXL's added conditioning: pooled text embeddings and (original, crop, target) sizes;
+        the refiner has an aesthetic score in place of the target size."""
         if self.manifest.source.family != "sdxl":
             return {}
         height, width = (8 * s for s in self.manifest.latent_size)
-        time_ids = np.array([[height, width, 0, 0, height, width]], dtype=np.float32)
-        return {"text_embeds": (uncond_pooled, cond_pooled), "time_ids": (time_ids, time_ids)}
+        if self.is_refiner:
+            time_ids = tuple(np.array([[height, width, 0, 0, score]], dtype=np.float32)
+                             for score in (settings.negative_aesthetic_score, settings.aesthetic_score))
+        else:
+            time_ids = (np.array([[height, width, 0, 0, height, width]], dtype=np.float32),) * 2
+        return {"text_embeds": (uncond_pooled, cond_pooled), "time_ids": time_ids}
 
-    def _image_latents(self, settings, scheduler, noise, generator):
+    def _image_latents(self, settings, scheduler, generator):
         import torch
         from PIL import Image
 
@@ -183,6 +211,7 @@ class Pipeline:
         std = np.exp(0.5 * np.clip(logvar, -30.0, 20.0))
         sample = mean + std * torch.randn(mean.shape, generator=generator).numpy()
         latents = torch.from_numpy(sample * self.manifest.source.latent_scaling_factor)
+        noise = torch.randn(latents.shape, generator=generator)  # drawn after the sample, as diffusers does
         keep = min(int(settings.steps * settings.strength), settings.steps)
         timesteps = scheduler.timesteps[settings.steps - keep:]
         if len(timesteps) == 0:

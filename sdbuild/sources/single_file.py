@@ -41,6 +41,9 @@ def resolve_single_file(model_cfg, cache_dir: Path) -> ResolvedSource:
     # A single file holds the pipeline's own submodels, never a safety checker.
     configs = {f: c for f, c in synthetic_configs(architecture).items() if f != "safety_checker"}
     arch = arch_from_configs(architecture, configs, f"bundled architecture '{architecture}'")
+    if arch.refiner:
+        raise SdbuildError(f"model.architecture={architecture}: single-file SDXL refiner checkpoints are not supported yet",
+                           "build the refiner from its diffusers folder (model.source=local model.path=<folder>) or the Hub")
     tokenizer_dirs = _tokenizer_dirs(model_cfg.tokenizer, architecture, configs)
     with _open_checkpoint(file) as checkpoint:
         _check_family(file, checkpoint, arch.family, architecture)
@@ -153,7 +156,8 @@ def _check_family(file: Path, checkpoint: Mapping, family: str, architecture: st
 
 
 def _family_of(architecture: str) -> str:
-    return arch_from_configs(architecture, synthetic_configs(architecture), architecture).family
+    arch = arch_from_configs(architecture, synthetic_configs(architecture), architecture)
+    return "sdxl-refiner" if arch.refiner else arch.family
 
 
 def _tokenizer_dirs(tokenizer: str | None, architecture: str, configs: dict) -> dict[str, Path]:

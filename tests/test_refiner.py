@@ -112,7 +112,7 @@ def test_base_hands_its_latents_to_the_refiner_as_diffusers_does(base_build, ref
     ours = generate_refined(base, refiner, settings)
 
     latents = diffusers_output(StableDiffusionXLPipeline, synthetic_folder("tiny-sdxl-base", SEED, tmp_path), settings,
-                               denoising_end=settings.refine_from, output_type="latent")
+                               height=128, width=128, denoising_end=settings.refine_from, output_type="latent")
     reference = diffusers_image(StableDiffusionXLImg2ImgPipeline, synthetic_folder("tiny-sdxl-refiner", SEED, tmp_path),
                                 settings, image=latents, denoising_start=settings.refine_from)
     matched = image_psnr(ours, reference)

@@ -181,14 +181,16 @@ def test_the_real_refiner_configs_give_the_refiner_contract():
     assert not base.refiner and not base.supports("refiner") and base.time_id_count == 6
     # A refiner UNet beside a first text encoder is no model anyone publishes: refused.
     with pytest.raises(SdbuildError, match="conditions on text_encoder_2 alone"):
-        arch_from_configs("x", {**synthetic_configs("sdxl-refiner"), "text_encoder": synthetic_configs("sdxl-base")["text_encoder"]}, "x")
+        configs = {**synthetic_configs("sdxl-refiner"), "text_encoder": synthetic_configs("sdxl-base")["text_encoder"]}
+        arch_from_configs("x", configs, "x")
 
 
 @pytest.mark.parametrize("overrides, message", [
     (["recipe=tiny-sdxl-refiner", "components=[text_encoder_2,unet]"],
      "architecture 'tiny-sdxl-refiner' has no component unet (components for it: text_encoder_2, refiner, "
      "vae_decoder, vae_encoder)"),
-    (["model=tiny-sdxl-base", "components=[text_encoder,refiner]"], "architecture 'tiny-sdxl-base' has no component refiner"),
+    (["model=tiny-sdxl-base", "components=[text_encoder,refiner]"],
+     "architecture 'tiny-sdxl-base' has no component refiner"),
 ])
 def test_the_refiner_component_belongs_to_refiner_architectures_only(overrides, message, tmp_path, capsys):
     assert build_main([*overrides, f"output.dir={tmp_path / 'out'}", f"cache.dir={tmp_path / 'cache'}"]) == 2

@@ -24,11 +24,11 @@ def add_refiner_arguments(parser: argparse.ArgumentParser, defaults: GenerationS
     group = parser.add_argument_group("SDXL refiner")
     group.add_argument("--refiner", help="a refiner build (recipe sdxl-refiner) that finishes this build's image")
     group.add_argument("--refine-from", type=float, default=defaults.refine_from,
-                       help=f"fraction of the steps after which the refiner takes over (default {defaults.refine_from})")
+                       help=f"fraction of the steps run before the refiner takes over (default {defaults.refine_from})")
     group.add_argument("--aesthetic-score", type=float, default=defaults.aesthetic_score,
-                       help=f"refiner conditioning of the prompt (default {defaults.aesthetic_score})")
+                       help=f"refiner conditioning of the prompt ({defaults.aesthetic_score})")
     group.add_argument("--negative-aesthetic-score", type=float, default=defaults.negative_aesthetic_score,
-                       help=f"refiner conditioning of the negative prompt (default {defaults.negative_aesthetic_score})")
+                       help=f"refiner conditioning of the negative prompt ({defaults.negative_aesthetic_score})")
 
 
 def check_refiner_settings(settings: GenerationSettings) -> None:

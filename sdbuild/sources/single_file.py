@@ -42,8 +42,9 @@ def resolve_single_file(model_cfg, cache_dir: Path) -> ResolvedSource:
     configs = {f: c for f, c in synthetic_configs(architecture).items() if f != "safety_checker"}
     arch = arch_from_configs(architecture, configs, f"bundled architecture '{architecture}'")
     if arch.refiner:
-        raise SdbuildError(f"model.architecture={architecture}: single-file SDXL refiner checkpoints are not supported yet",
-                           "build the refiner from its diffusers folder (model.source=local model.path=<folder>) or the Hub")
+        raise SdbuildError(
+            f"model.architecture={architecture}: single-file SDXL refiner checkpoints are not supported yet",
+            "build the refiner from its diffusers folder (model.source=local model.path=<folder>) or the Hub")
     tokenizer_dirs = _tokenizer_dirs(model_cfg.tokenizer, architecture, configs)
     with _open_checkpoint(file) as checkpoint:
         _check_family(file, checkpoint, arch.family, architecture)

@@ -14,7 +14,7 @@ from sdbuild.errors import SdbuildError
 ATTENTION_IMPLEMENTATIONS = tuple(choice.value for choice in AttentionImplementation)
 
 # Components whose graph contains attention of the chosen implementation.
-ATTENTION_COMPONENTS = (contract.UNET, contract.CONTROL_UNET, contract.CONTROLNET)
+ATTENTION_COMPONENTS = (contract.UNET, contract.REFINER, contract.CONTROL_UNET, contract.CONTROLNET)
 
 
 def check_attention(component: str, attention: str, arch: ArchInfo) -> None:

@@ -17,13 +17,14 @@ TEXT_SEQUENCE_LENGTH = 77
 TEXT_ENCODER = "text_encoder"
 TEXT_ENCODER_2 = "text_encoder_2"
 UNET = "unet"
+REFINER = "refiner"  # the SDXL refiner's UNet
 CONTROL_UNET = "control-unet"
 CONTROLNET = "controlnet"
 VAE_DECODER = "vae_decoder"
 VAE_ENCODER = "vae_encoder"
 SAFETY_CHECKER = "safety_checker"
 ALL_COMPONENTS = (
-    TEXT_ENCODER, TEXT_ENCODER_2, UNET, CONTROL_UNET, CONTROLNET, VAE_DECODER, VAE_ENCODER,
+    TEXT_ENCODER, TEXT_ENCODER_2, UNET, REFINER, CONTROL_UNET, CONTROLNET, VAE_DECODER, VAE_ENCODER,
     SAFETY_CHECKER,
 )
 
@@ -32,6 +33,7 @@ RESOURCE_NAMES = {
     TEXT_ENCODER: "TextEncoder",
     TEXT_ENCODER_2: "TextEncoder2",
     UNET: "Unet",
+    REFINER: "UnetRefiner",
     CONTROL_UNET: "ControlledUnet",
     VAE_DECODER: "VAEDecoder",
     VAE_ENCODER: "VAEEncoder",
@@ -43,6 +45,7 @@ SUBMODEL_OF = {
     TEXT_ENCODER: "text_encoder",
     TEXT_ENCODER_2: "text_encoder_2",
     UNET: "unet",
+    REFINER: "unet",
     CONTROL_UNET: "unet",
     CONTROLNET: "unet",  # a ControlNet must fit the UNet (its weights come from the recipe's controlnet:)
     VAE_DECODER: "vae",
@@ -67,6 +70,9 @@ def component_of(key: str) -> str:
     """The contract component of a manifest key (``controlnet/<id>`` is a ``controlnet``)."""
     return CONTROLNET if key.startswith(f"{CONTROLNET}/") else key
 
+
+# Components built from a (base) UNet's weights.
+UNET_COMPONENTS = (UNET, CONTROL_UNET, CONTROLNET)
 
 VERSION_METADATA_KEY = "com.github.apple.ml-stable-diffusion.version"
 
@@ -99,6 +105,9 @@ class ArchInfo:
     vae_scaling_factor: float
     prediction_type: str
     control_residual_layout: tuple[tuple[int, int], ...]  # (channels, downscale) per residual
+    # The SDXL refiner: text_encoder_2 alone, and an aesthetic score in place of the target size
+    # among its time ids. Its UNet is the component `refiner`, never `unet`.
+    refiner: bool = False
 
     @property
     def is_xl(self) -> bool:
@@ -108,7 +117,17 @@ class ArchInfo:
     def is_inpainting(self) -> bool:
         return self.unet_in_channels == inpainting_channels(self.latent_channels)
 
+    @property
+    def time_id_count(self) -> int:
+        """SDXL base: original size, crop top-left, target size; the refiner: original size,
+        crop top-left, aesthetic score."""
+        return 5 if self.refiner else 6
+
     def supports(self, component: str) -> bool:
+        if component in UNET_COMPONENTS and self.refiner:
+            return False
+        if component == REFINER and not self.refiner:
+            return False
         return SUBMODEL_OF[component] in self.components
 
     @classmethod
@@ -126,6 +145,10 @@ class ArchInfo:
             family = "sd1"
         last_text = text_encoders[-1]
         pooled = last_text["projection_dim"] if family == "sdxl" else last_text["hidden_size"]
+        refiner = family == "sdxl" and _sdxl_time_id_count(unet, pooled) == 5
+        if refiner and "text_encoder" in configs:
+            raise ValueError("an SDXL refiner UNet (5 time ids) conditions on text_encoder_2 alone, "
+                             "but the model also has a text_encoder")
         return cls(
             name=name,
             family=family,
@@ -139,6 +162,7 @@ class ArchInfo:
             vae_scaling_factor=float(vae.get("scaling_factor", 0.18215)),
             prediction_type=configs.get("scheduler", {}).get("prediction_type", "epsilon"),
             control_residual_layout=_control_residual_layout(unet),
+            refiner=refiner,
         )
 
 
@@ -146,6 +170,17 @@ def inpainting_channels(latent_channels: int) -> int:
     """An inpainting UNet's `sample`: latents, a one-channel mask, the masked image's latents,
     concatenated in that order (diffusers' StableDiffusionInpaintPipeline)."""
     return 2 * latent_channels + 1
+
+
+def _sdxl_time_id_count(unet: dict, pooled: int) -> int:
+    """The added embedding takes the pooled text embedding and each time id's sinusoidal
+    embedding: 6 time ids for SDXL base, 5 for the refiner."""
+    width = unet["addition_time_embed_dim"]
+    count, rest = divmod(unet["projection_class_embeddings_input_dim"] - pooled, width)
+    if rest or count not in (5, 6):
+        raise ValueError(f"unet projection_class_embeddings_input_dim={unet['projection_class_embeddings_input_dim']} "
+                         f"is not the pooled text width {pooled} plus 5 or 6 time ids of {width}")
+    return count
 
 
 def _control_residual_layout(unet: dict) -> tuple[tuple[int, int], ...]:
@@ -193,8 +228,8 @@ def component_interface(
     f16, f32 = "float16", "float32"
 
     if component in (TEXT_ENCODER, TEXT_ENCODER_2):
-        index = 0 if component == TEXT_ENCODER else 1
-        hidden = arch.text_hidden_sizes[index]
+        # The refiner has text_encoder_2 alone; SDXL base's text_encoder_2 is its last.
+        hidden = arch.text_hidden_sizes[0 if component == TEXT_ENCODER else -1]
         if arch.is_xl:
             pooled = arch.text_pooled_size if component == TEXT_ENCODER_2 else hidden
             outputs = (TensorSpec("hidden_embeds", (1, seq, hidden), f32),
@@ -204,7 +239,7 @@ def component_interface(
                        TensorSpec("pooled_outputs", (1, hidden), f32))
         return Interface((TensorSpec("input_ids", (1, seq), f32),), outputs)
 
-    if component in (UNET, CONTROL_UNET, CONTROLNET):
+    if component in (*UNET_COMPONENTS, REFINER):
         b = batch_size
         inputs = [
             # A ControlNet sees the latents alone; an inpainting UNet also the mask and image.
@@ -213,7 +248,7 @@ def component_interface(
             TensorSpec("encoder_hidden_states", (b, arch.cross_attention_dim, 1, seq), f16),
         ]
         if arch.is_xl:
-            inputs += [TensorSpec("time_ids", (b, 6), f16),
+            inputs += [TensorSpec("time_ids", (b, arch.time_id_count), f16),
                        TensorSpec("text_embeds", (b, arch.text_pooled_size), f16)]
         residuals = control_residual_specs(arch, latent_size, batch_size)
         if component == CONTROLNET:

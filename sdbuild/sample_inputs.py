@@ -31,7 +31,9 @@ def _sample(spec: TensorSpec, rng: np.random.Generator) -> np.ndarray:
     if spec.name == "timestep":
         value = np.full(shape, rng.integers(1, 1000), dtype=np.float32)
     elif spec.name == "time_ids":
-        value = np.tile(np.array([1024, 1024, 0, 0, 1024, 1024], dtype=np.float32), (shape[0], 1))
+        # (original size, crop top-left, target size); the refiner's 5 end in an aesthetic score
+        ids = [1024, 1024, 0, 0, 1024, 1024] if shape[1] == 6 else [1024, 1024, 0, 0, 6]
+        value = np.tile(np.array(ids, dtype=np.float32), (shape[0], 1))
     elif spec.name in ("x", "controlnet_cond"):
         value = rng.uniform(-1.0, 1.0, size=shape).astype(np.float32)
     elif spec.name == "images":

@@ -37,6 +37,14 @@ def diffusers_image(pipeline_class, folder: Path, settings: GenerationSettings, 
     ``components`` are pipeline components the folder lacks (a ``controlnet=`` model, ...);
     ``prepare(pipe)`` may change the pipeline first (load a LoRA, swap the VAE, ...);
     ``call_options`` go to the pipeline call (image=, mask_image=, control_image=, ...)."""
+    images = diffusers_output(pipeline_class, folder, settings, prepare, output_type="np", **call_options)
+    return (np.clip(images[0], 0.0, 1.0) * 255).round().astype(np.uint8)
+
+
+def diffusers_output(pipeline_class, folder: Path, settings: GenerationSettings, prepare=None,
+                     **call_options):
+    """The pipeline's ``images`` as ``call_options`` ask for them (``output_type="latent"``: the
+    latents before decoding, as an SDXL base hands them to the refiner)."""
     import diffusers
 
     # The runner filters only when a build has a safety checker; these comparisons have none.
@@ -52,9 +60,9 @@ def diffusers_image(pipeline_class, folder: Path, settings: GenerationSettings, 
     result = pipe(
         prompt=settings.prompt, negative_prompt=settings.negative_prompt,
         num_inference_steps=settings.steps, guidance_scale=settings.guidance_scale,
-        generator=torch.Generator().manual_seed(settings.seed), output_type="np", **call_options,
+        generator=torch.Generator().manual_seed(settings.seed), **call_options,
     )
-    return (np.clip(result.images[0], 0.0, 1.0) * 255).round().astype(np.uint8)
+    return result.images
 
 
 def image_psnr(image: np.ndarray, reference: np.ndarray) -> float:

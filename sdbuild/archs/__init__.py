@@ -1,7 +1,7 @@
 """Bundled diffusers/transformers configs of the supported architectures.
 
-Real ones (sd15, sd21-base, sd21, sdxl-base) are the published configs; ``tiny-*`` keep each real
-architecture's block structure at tiny widths, for tests. Each folder is laid out like a Hub
+Real ones (sd15, sd21-base, sd21, sdxl-base, sdxl-refiner) are the published configs; ``tiny-*``
+keep each real architecture's block structure at tiny widths, for tests. Each folder is laid out like a Hub
 snapshot without weights: ``<component>/config.json``.
 """
 

@@ -25,7 +25,7 @@ class QuantizationConfig:
     block_size: int = 32  # blockwise_int4: input channels sharing one scale
     # What the reference compresses; the VAE and safety checker stay float16 unless listed here.
     components: List[str] = field(
-        default_factory=lambda: ["text_encoder", "text_encoder_2", "unet", "control-unet", "controlnet"]
+        default_factory=lambda: ["text_encoder", "text_encoder_2", "unet", "refiner", "control-unet", "controlnet"]
     )
     # mixed_bit: a layer plan, a JSON file {layer name: nbits} (16 = keep float16), or the name
     # of one shipped in conf/quantization/mixed_bit_recipes/ (without .json).
@@ -45,4 +45,4 @@ class ChunkingConfig:
     num_chunks: int = 2
     # The iOS Neural Engine wants each chunk under about 1 GB of weights (MiB, 2**20 bytes).
     max_chunk_weight_mb: float = 1024.0
-    components: List[str] = field(default_factory=lambda: ["unet", "control-unet"])
+    components: List[str] = field(default_factory=lambda: ["unet", "refiner", "control-unet"])

@@ -130,6 +130,7 @@ class MinPsnrConfig:
     text_encoder: Optional[float] = None
     text_encoder_2: Optional[float] = None
     unet: Optional[float] = None
+    refiner: Optional[float] = None
     control_unet: Optional[float] = None  # component control-unet: a key cannot hold "-"
     controlnet: Optional[float] = None
     vae_decoder: Optional[float] = None

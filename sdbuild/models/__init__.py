@@ -56,7 +56,7 @@ def build_component_module(component: str, submodels: dict[str, nn.Module], arch
     if component in (contract.TEXT_ENCODER, contract.TEXT_ENCODER_2):
         module = TextEncoder(source, penultimate=arch.is_xl,
                              project_pooled=component == contract.TEXT_ENCODER_2)
-    elif component in (contract.UNET, contract.CONTROL_UNET):
+    elif component in (contract.UNET, contract.REFINER, contract.CONTROL_UNET):
         module = UNet.from_diffusers(source, attention,
                                      control_residuals=component == contract.CONTROL_UNET)
     elif component == contract.VAE_DECODER:

@@ -23,6 +23,7 @@ from sdbuild.progress import quiet_mode
 from sdbuild.runner.backends import BACKENDS
 from sdbuild.runner.inpaint import INPAINTING_STRENGTH, check_mask_files
 from sdbuild.runner.pipeline import SCHEDULERS, GenerationSettings, Pipeline, settings_record
+from sdbuild.runner.refiner import add_refiner_arguments, check_refiner_settings, generate_with_refiner
 
 
 def latest_build(outputs: Path, recipe: str) -> Path:
@@ -80,6 +81,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--backend", choices=BACKENDS, default="auto", help="auto: Core ML on macOS, the evaluator elsewhere")
     parser.add_argument("--output", type=Path, help="PNG path (default: <outputs>/images/<recipe>-<seed>-<prompt>.png)")
     parser.add_argument("--quiet", action="store_true", help="no step lines or progress bars (CI logs)")
+    add_refiner_arguments(parser, defaults)
     return parser.parse_args(argv)
 
 
@@ -96,7 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             else INPAINTING_STRENGTH if args.mask else GenerationSettings.strength,
             control_images=tuple(args.control_image),
             control_scales=tuple(args.control_scale or GenerationSettings.control_scales),
+            aesthetic_score=args.aesthetic_score, negative_aesthetic_score=args.negative_aesthetic_score,
+            refiner=args.refiner, refine_from=args.refine_from,
         )
+        check_refiner_settings(settings)
         if settings.steps < 1:
             raise SdbuildError(f"--steps {settings.steps} is not a positive number", "e.g. --steps 25")
         for flag, value in (("--guidance-scale", settings.guidance_scale), ("--strength", settings.strength)):
@@ -109,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.output:
             check_output(args.output)
         with quiet_mode(args.quiet):
-            pipeline = Pipeline(build_dir, backend=args.backend, progress=(lambda text: None) if args.quiet else None)
-            image = pipeline.generate(settings)
+            progress = (lambda text: None) if args.quiet else None
+            pipeline = Pipeline(build_dir, backend=args.backend, progress=progress)
+            image = generate_with_refiner(pipeline, settings, progress) if args.refiner else pipeline.generate(settings)
         manifest = pipeline.manifest
         slug = re.sub(r"[^a-z0-9]+", "-", args.prompt.lower()).strip("-")[:48] or "image"
         output = args.output or args.outputs / "images" / f"{manifest.recipe.name}-{args.seed}-{slug}.png"

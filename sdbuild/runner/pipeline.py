@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sdbuild.contract import CONTROL_UNET, TEXT_ENCODER_2
+from sdbuild.contract import CONTROL_UNET, REFINER, TEXT_ENCODER_2, UNET
 from sdbuild.errors import SdbuildError
 from sdbuild.manifest import ComponentInfo, Manifest, check_build
 from sdbuild.progress import bar
@@ -51,6 +51,11 @@ class GenerationSettings:
     backend: str = "auto"
     control_images: tuple[str, ...] = ()  # one per ControlNet of the build, in the recipe's order
     control_scales: tuple[float, ...] = (1.0,)  # one for all ControlNets, or one each
+    # The SDXL refiner's conditioning (as diffusers' defaults), and the hand-off from a base build.
+    aesthetic_score: float = 6.0
+    negative_aesthetic_score: float = 2.5
+    refiner: str | None = None
+    refine_from: float = 0.8
 
 
 class Pipeline:
@@ -74,6 +79,9 @@ class Pipeline:
         self.tokenizer = CLIPTokenizer.from_pretrained(str(paths[VOCAB_FILE].parent))
         second = paths.get(f"{TOKENIZER_OF[TEXT_ENCODER_2]}/{VOCAB_FILE}")
         self.tokenizer_2 = CLIPTokenizer.from_pretrained(str(second.parent)) if second else self.tokenizer
+        # An SDXL refiner build: text_encoder_2 alone, its UNet is the component `refiner`.
+        self.is_refiner = self.has(REFINER)
+        self.unet_component = REFINER if self.is_refiner else UNET
 
     def has(self, component: str) -> bool:
         return component in self.manifest.components
@@ -112,35 +120,54 @@ class Pipeline:
         if self.manifest.source.family != "sdxl":
             hidden = self.model("text_encoder").predict({"input_ids": ids})["last_hidden_state"]
             return _unet_layout(hidden), None
-        first = self.model("text_encoder").predict({"input_ids": ids})
         second = self.model("text_encoder_2").predict({"input_ids": self.token_ids(text, self.tokenizer_2)})
-        hidden = np.concatenate([first["hidden_embeds"], second["hidden_embeds"]], axis=-1)
+        hidden = second["hidden_embeds"]
+        if not self.is_refiner:
+            first = self.model("text_encoder").predict({"input_ids": ids})
+            hidden = np.concatenate([first["hidden_embeds"], hidden], axis=-1)
         return _unet_layout(hidden), second["pooled_outputs"]
 
     # --- generation -----------------------------------------------------------------------
 
     def generate(self, settings: GenerationSettings) -> np.ndarray:
         """An (H, W, 3) uint8 image."""
+        # Both check the request against the build before any model loads.
+        inpainting = Inpainting.for_request(self.manifest, settings)
+        control = prepare_control(self.manifest, settings.control_images, settings.control_scales)
+        scheduler, latents, timesteps, generator = self.start(settings, inpainting)
+        latents = self.denoise(settings, scheduler, latents, timesteps, generator, inpainting, control)
+        return self.finish(latents)
+
+    def start(self, settings: GenerationSettings, inpainting: Inpainting | None = None):
+        """(scheduler, initial latents, the timesteps to run, the seeded generator)."""
         import torch
 
-        inpainting = Inpainting.for_request(self.manifest, settings)  # checks inputs before any model loads
-        control = prepare_control(self.manifest, settings.control_images, settings.control_scales)
         scheduler = make_scheduler(settings.scheduler, self.manifest.source.scheduler)
         scheduler.set_timesteps(settings.steps)
-        cond, cond_pooled = self.encode_text(settings.prompt)
-        uncond, uncond_pooled = self.encode_text(settings.negative_prompt)
         generator = torch.Generator().manual_seed(settings.seed)
-        h, w = self.manifest.latent_size
-        shape = (1, 4, h, w)
-        timesteps = scheduler.timesteps
         if inpainting:  # it draws its noise itself, in diffusers' order
             latents, timesteps = inpainting.start(self, settings, scheduler, generator)
         elif settings.init_image:
-            noise = torch.randn(shape, generator=generator)
-            latents, timesteps = self._image_latents(settings, scheduler, noise, generator)
+            latents, timesteps = self._image_latents(settings, scheduler, generator)
         else:
-            latents = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma
-        extra = self._extra_unet_inputs(cond_pooled, uncond_pooled)
+            h, w = self.manifest.latent_size
+            latents = torch.randn((1, 4, h, w), generator=generator) * scheduler.init_noise_sigma
+            timesteps = scheduler.timesteps
+        return scheduler, latents, timesteps, generator
+
+    def finish(self, latents) -> np.ndarray:
+        return self._safety_filter(self.decode(latents.numpy()))
+
+    def denoise(self, settings: GenerationSettings, scheduler, latents, timesteps, generator,
+                inpainting: Inpainting | None = None, control: Control | None = None):
+        """``latents`` denoised over ``timesteps`` (a part of ``scheduler``'s) with this build's
+        text encoders and UNet (fed the mask and masked picture when inpainting, the ControlNets'
+        residuals when controlled)."""
+        import torch
+
+        cond, cond_pooled = self.encode_text(settings.prompt)
+        uncond, uncond_pooled = self.encode_text(settings.negative_prompt)
+        extra = self._extra_unet_inputs(settings, cond_pooled, uncond_pooled)
         # Ancestral samplers draw noise each step; seed it too where the scheduler accepts it.
         step_options = {"generator": generator} if "generator" in inspect.signature(scheduler.step).parameters else {}
         for index, t in enumerate(bar(timesteps, "denoising"), start=1):
@@ -151,12 +178,11 @@ class Pipeline:
             guided = noise_uncond + settings.guidance_scale * (noise_cond - noise_uncond)
             latents = scheduler.step(torch.from_numpy(guided), t, latents, **step_options).prev_sample
             self._progress(f"step {index}/{len(timesteps)}")
-        image = self.decode(latents.numpy())
-        return self._safety_filter(image)
+        return latents
 
     def _predict_noise(self, latents, t, uncond, cond, extra, control: Control | None = None
                        ) -> tuple[np.ndarray, np.ndarray]:
-        unet = self.model(CONTROL_UNET if control else "unet")
+        unet = self.model(CONTROL_UNET if control else self.unet_component)
 
         def predict(feed: dict[str, np.ndarray]) -> np.ndarray:
             residuals = control.residuals(self.model, feed) if control else {}
@@ -178,19 +204,27 @@ class Pipeline:
             results.append(predict(feed))
         return results[0], results[1]
 
-    def _extra_unet_inputs(self, cond_pooled, uncond_pooled) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-        """SDXL's added conditioning: pooled text embeddings and (original, crop, target) sizes."""
+    def _extra_unet_inputs(self, settings, cond_pooled, uncond_pooled) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """SDXL's added conditioning: pooled text embeddings and (original, crop, target) sizes;
+        the refiner has an aesthetic score in place of the target size."""
         if self.manifest.source.family != "sdxl":
             return {}
         height, width = (8 * s for s in self.manifest.latent_size)
-        time_ids = np.array([[height, width, 0, 0, height, width]], dtype=np.float32)
-        return {"text_embeds": (uncond_pooled, cond_pooled), "time_ids": (time_ids, time_ids)}
+        if self.is_refiner:
+            time_ids = tuple(np.array([[height, width, 0, 0, score]], dtype=np.float32)
+                             for score in (settings.negative_aesthetic_score, settings.aesthetic_score))
+        else:
+            time_ids = (np.array([[height, width, 0, 0, height, width]], dtype=np.float32),) * 2
+        return {"text_embeds": (uncond_pooled, cond_pooled), "time_ids": time_ids}
 
-    def _image_latents(self, settings, scheduler, noise, generator):
+    def _image_latents(self, settings, scheduler, generator):
         if not self.has("vae_encoder"):
             raise SdbuildError("image-to-image needs a vae_encoder in the build", "rebuild with vae_encoder in components")
+        import torch
+
         timesteps = strength_timesteps(scheduler, settings)
         latents = self.encode_image(self.image_pixels(settings.init_image), generator)
+        noise = torch.randn(latents.shape, generator=generator)  # drawn after the sample, as diffusers does
         return scheduler.add_noise(latents, noise, timesteps[:1]), timesteps
 
     def image_pixels(self, path: str) -> np.ndarray:

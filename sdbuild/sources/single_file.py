@@ -42,6 +42,10 @@ def resolve_single_file(model_cfg, cache_dir: Path) -> ResolvedSource:
     # A single file holds the pipeline's own submodels, never a safety checker.
     configs = {f: c for f, c in synthetic_configs(architecture).items() if f != "safety_checker"}
     arch = arch_from_configs(architecture, configs, f"bundled architecture '{architecture}'")
+    if arch.refiner:
+        raise SdbuildError(
+            f"model.architecture={architecture}: single-file SDXL refiner checkpoints are not supported yet",
+            "build the refiner from its diffusers folder (model.source=local model.path=<folder>) or the Hub")
     tokenizer_dirs = _tokenizer_dirs(model_cfg.tokenizer, architecture, configs)
     with open_checkpoint(file) as checkpoint:
         _check_family(file, checkpoint, arch.family, architecture)
@@ -147,7 +151,7 @@ def _check_family(file: Path, checkpoint: Mapping, family: str, architecture: st
             "use model.source=local for a diffusers folder",
         )
     if detected != family:
-        fitting = [a for a in list_architectures() if _arch_of(a).family == detected]
+        fitting = [a for a in list_architectures() if _family_of(a) == detected]
         raise SdbuildError(
             f"'{file}' is an {FAMILY_NAMES[detected]} checkpoint but model.architecture={architecture} "
             f"is {FAMILY_NAMES[family]}",
@@ -178,6 +182,11 @@ def _check_unet_inputs(file: Path, checkpoint: Mapping, arch: ArchInfo) -> None:
 
 def _arch_of(architecture: str) -> ArchInfo:
     return arch_from_configs(architecture, synthetic_configs(architecture), architecture)
+
+
+def _family_of(architecture: str) -> str:
+    arch = _arch_of(architecture)
+    return "sdxl-refiner" if arch.refiner else arch.family
 
 
 def _tokenizer_dirs(tokenizer: str | None, architecture: str, configs: dict) -> dict[str, Path]:

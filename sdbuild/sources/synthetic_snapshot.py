@@ -71,11 +71,14 @@ def _clip_preprocessor_config() -> dict:
 
 
 def _model_index(configs: dict[str, dict], folders: list[str]) -> dict:
-    """model_index.json of the matching diffusers pipeline (SD or SDXL, text-to-image or inpainting)."""
+    """model_index.json of the matching diffusers pipeline (SD or SDXL, text-to-image or
+    inpainting, or the SDXL refiner's image-to-image pipeline, which has text_encoder_2 alone)."""
     xl = "text_encoder_2" in folders
+    refiner = xl and "text_encoder" not in folders
     task = "Inpaint" if ArchInfo.from_configs("", configs).is_inpainting else ""
     index: dict = {
-        "_class_name": f"StableDiffusion{'XL' if xl else ''}{task}Pipeline",
+        "_class_name": "StableDiffusionXLImg2ImgPipeline" if refiner
+        else f"StableDiffusion{'XL' if xl else ''}{task}Pipeline",
         "_diffusers_version": diffusers.__version__,
     }
     for folder in folders:
@@ -87,10 +90,12 @@ def _model_index(configs: dict[str, dict], folders: list[str]) -> dict:
     index[SCHEDULER_FOLDER] = ["diffusers", configs[SCHEDULER_FOLDER]["_class_name"]]
     index["tokenizer"] = ["transformers", "CLIPTokenizer"]
     none = [None, None]  # an optional pipeline component left out
+    if refiner:  # as the published refiner's model_index.json
+        index |= {"text_encoder": none, "tokenizer": none, "requires_aesthetics_score": True}
     if xl:
         index |= {
-            "tokenizer_2": ["transformers", "CLIPTokenizer"], "force_zeros_for_empty_prompt": True,
-            "feature_extractor": none, "image_encoder": none,
+            "tokenizer_2": ["transformers", "CLIPTokenizer"], "feature_extractor": none, "image_encoder": none,
+            "force_zeros_for_empty_prompt": not refiner,
         }
         return index
     has_checker = "safety_checker" in folders

@@ -60,7 +60,7 @@ def test_kmeans_presets_cover_the_reference_components_and_bit_widths():
     for nbits in (1, 2, 4, 6, 8):
         cfg = preset("quantization", f"kmeans{nbits}", QuantizationConfig)
         assert (cfg.mode, cfg.nbits) == ("kmeans", nbits)
-        assert set(cfg.components) == {"text_encoder", "text_encoder_2", "unet", "control-unet", "controlnet"}
+        assert set(cfg.components) == {"text_encoder", "text_encoder_2", "unet", "refiner", "control-unet", "controlnet"}
         assert "vae_decoder" not in cfg.components and "safety_checker" not in cfg.components
 
 
@@ -71,7 +71,7 @@ def test_chunking_presets(name):
     assert cfg.enabled == (name != "none")
     if cfg.enabled:
         assert cfg.num_chunks == 2 and cfg.max_chunk_weight_mb == 1024
-        assert set(cfg.components) == {"unet", "control-unet"}
+        assert set(cfg.components) == {"unet", "refiner", "control-unet"}
 
 
 def test_mixed_bit_preset_names_a_shipped_layer_plan():

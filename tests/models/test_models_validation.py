@@ -26,7 +26,10 @@ def test_unknown_attention_is_refused():
 
 
 def test_unknown_component_is_refused():
-    with pytest.raises(SdbuildError, match="unknown component 'refiner'"):
+    with pytest.raises(SdbuildError, match="unknown component 'upscaler'"):
+        build_component_module("upscaler", {}, _arch(), "ORIGINAL")
+    # A known component of another architecture: the SDXL refiner's UNet.
+    with pytest.raises(SdbuildError, match="architecture 'tiny-sd15' has no component 'refiner'"):
         build_component_module("refiner", {}, _arch(), "ORIGINAL")
 
 

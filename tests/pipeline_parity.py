@@ -37,11 +37,11 @@ def diffusers_image(pipeline_class, folder: Path, settings: GenerationSettings, 
     ``components`` are pipeline components the folder lacks (a ``controlnet=`` model, ...);
     ``prepare(pipe)`` may change the pipeline first (load a LoRA, swap the VAE, ...);
     ``call_options`` go to the pipeline call (image=, mask_image=, control_image=, ...)."""
-    images = diffusers_output(pipeline_class, folder, settings, prepare, output_type="np", **call_options)
+    images = diffusers_output(pipeline_class, folder, settings, prepare, components, output_type="np", **call_options)
     return (np.clip(images[0], 0.0, 1.0) * 255).round().astype(np.uint8)
 
 
-def diffusers_output(pipeline_class, folder: Path, settings: GenerationSettings, prepare=None,
+def diffusers_output(pipeline_class, folder: Path, settings: GenerationSettings, prepare=None, components=None,
                      **call_options):
     """The pipeline's ``images`` as ``call_options`` ask for them (``output_type="latent"``: the
     latents before decoding, as an SDXL base hands them to the refiner)."""

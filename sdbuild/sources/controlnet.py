@@ -202,13 +202,12 @@ def _converted_folder(file: Path, model_id: str, model: ResolvedSource, cache_di
 def _convert_file(file: Path, model_id: str, model: ResolvedSource, folder: Path) -> None:
     import json
 
-    import torch
     from diffusers import ControlNetModel
     from diffusers.loaders.single_file_utils import convert_controlnet_checkpoint
     from safetensors.torch import save_file
 
     from sdbuild.package_io import replace_path, staging_path
-    from sdbuild.sources.models import build_from_config, quiet_loading
+    from sdbuild.sources.models import model_shapes
     from sdbuild.sources.original_layout import CONTROLNET_PREFIX
     from sdbuild.sources.single_file import open_checkpoint, state_mismatch
 
@@ -223,9 +222,7 @@ def _convert_file(file: Path, model_id: str, model: ResolvedSource, folder: Path
         state = convert_controlnet_checkpoint(checkpoint, config) if original else {k: checkpoint[k] for k in keys}
     state = {k: v for k, v in state.items() if v is not None}  # the converter maps absent tensors to None
     check_fit(_fit_values(state), model_id, model)
-    with quiet_loading(), torch.device("meta"):
-        expected = build_from_config(ControlNetModel, config)
-    problem = state_mismatch(state, {k: tuple(v.shape) for k, v in expected.state_dict().items()})
+    problem = state_mismatch(state, model_shapes(ControlNetModel, config))
     if problem:
         raise SdbuildError(f"ControlNet {model_id} does not fit {model.model_id}: it {problem}",
                            "use a ControlNet trained for this model's family (SD 1.x, SD 2.x or SDXL base)")

@@ -57,6 +57,13 @@ def build_from_config(cls: type[torch.nn.Module], config: dict) -> torch.nn.Modu
     return cls.from_config({k: v for k, v in config.items() if k in accepted})
 
 
+def model_shapes(cls: type[torch.nn.Module], config: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor shape of ``cls`` built from ``config``, without allocating its weights."""
+    with quiet_loading(), torch.device("meta"):
+        model = build_from_config(cls, config)
+    return {name: tuple(tensor.shape) for name, tensor in model.state_dict().items()}
+
+
 @contextmanager
 def quiet_loading() -> Iterator[None]:
     """Silence diffusers/transformers info, warnings and progress bars while loading.

@@ -7,7 +7,6 @@ Resolving one reads the bundled configs only; the weights are made by
 from __future__ import annotations
 
 from sdbuild.archs import architecture_dir, load_component_config
-from sdbuild.errors import SdbuildError
 from sdbuild.sources.digest import json_digest
 from sdbuild.sources.resolved import (
     CONTROLNET_FOLDER, SCHEDULER_FOLDER, ResolvedSource, arch_from_configs,

@@ -194,8 +194,8 @@ def _check_file_shapes(file: Path, config: dict, where: str) -> None:
     from diffusers import AutoencoderKL
     from safetensors import safe_open
 
-    from sdbuild.sources.models import build_from_config, quiet_loading
-    from sdbuild.sources.single_file import _mismatch
+    from sdbuild.sources.models import model_shapes
+    from sdbuild.sources.single_file import state_mismatch
 
     with safe_open(str(file), framework="pt") as handle:
         shapes = {key: handle.get_slice(key).get_shape() for key in handle.keys()}
@@ -205,9 +205,7 @@ def _check_file_shapes(file: Path, config: dict, where: str) -> None:
     except (KeyError, IndexError, RuntimeError, ValueError) as error:
         raise SdbuildError(f"VAE file {where} is not an original-layout VAE ({type(error).__name__}: {error})",
                            "use a VAE .safetensors in the original (LDM) layout, or a diffusers VAE folder with vae.source=local") from error
-    with quiet_loading(), torch.device("meta"):
-        expected = build_from_config(AutoencoderKL, config)
-    problem = _mismatch(state, {k: tuple(v.shape) for k, v in expected.state_dict().items()})
+    problem = state_mismatch(state, model_shapes(AutoencoderKL, config))
     if problem:
         raise SdbuildError(f"VAE file {where} does not fit the model's VAE: it {problem}",
                            "use a VAE made for this model family (or a diffusers VAE folder with its own config.json)")

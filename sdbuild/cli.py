@@ -34,6 +34,8 @@ SUBCOMMANDS = {
     "mixed-bit": ("sdbuild.inspect_cli", "mixed_bit_main", "mixed-bit palettization pre-analysis"),
     "synth-file": ("sdbuild.sources.synthetic_file", "synth_file_main",
                    "write a synthetic model as one original-layout checkpoint (--architecture A --out F)"),
+    "synth-lora": ("sdbuild.sources.synthetic_lora", "synth_lora_main",
+                   "write a seeded synthetic LoRA file (--architecture A --format kohya|peft --out F)"),
 }
 
 

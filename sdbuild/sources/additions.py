@@ -40,7 +40,9 @@ class Addition(Protocol):
 
 def resolve_additions(build: "BuildConfig", source: "ResolvedSource", cache_dir: Path | None) -> tuple[Addition, ...]:
     """The recipe's additions in the order they apply: replacements first, then edits."""
-    return ()
+    from sdbuild.sources.lora import resolve_loras
+
+    return resolve_loras(build, source)
 
 
 def identities(additions: tuple[Addition, ...], folders: tuple[str, ...] | None = None) -> list[dict]:

@@ -210,7 +210,9 @@ def test_missing_truncated_or_foreign_files_fail_in_one_line(lora_files, tmp_pat
 
 def test_scale_that_is_not_a_number_fails_in_one_line(lora_files, tmp_path, capsys):
     err = _fails(tmp_path, capsys, _overrides(lora_files, "loras.0.scale=strong"))
-    assert "loras[0].scale" in err and "'strong'" in err and "Float" in err
+    assert "loras[0].scale: Value 'strong' of type 'str' could not be converted to Float" in err
+    err = _fails(tmp_path, capsys, ["recipe=tiny-lora", f"loras=[{{path: {lora_files['kohya']}, scale: strong}}]"])
+    assert "loras: scale: Value 'strong' of type 'str' could not be converted to Float" in err
 
 
 def test_lora_for_another_architecture_names_both(tmp_path, capsys):

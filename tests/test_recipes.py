@@ -13,6 +13,7 @@ from sdbuild.cli import main
 from sdbuild.preflight import CONF_DIR, compose_recipe
 from sdbuild.config.schema import BuildConfig
 from sdbuild.errors import SdbuildError
+from sdbuild.sources.synthetic_lora import write_synthetic_lora
 from sdbuild.spec import validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,9 +26,12 @@ def test_required_recipes_exist():
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_composes_and_validates_offline(recipe, tmp_path):
+def test_recipe_composes_and_validates_offline(recipe, tmp_path, tmp_path_factory):
     # Real-model recipes name Hub ids; offline they are validated on their synthetic twin.
     cfg = compose_recipe([f"recipe={recipe}", "model.source=synthetic", f"output.dir={tmp_path}"])
+    for lora in cfg.loras:  # LoRA files the user writes first: synthetic ones in their place
+        lora.path = str(write_synthetic_lora(cfg.model.architecture, 0, "kohya",
+                                             tmp_path_factory.mktemp("loras") / Path(lora.path).name))
     assert isinstance(OmegaConf.to_object(cfg), BuildConfig)
     spec = validate(cfg)
     assert spec.recipe == recipe, "a recipe's name must match its file name"

@@ -88,7 +88,7 @@ def test_generation_matches_diffusers_with_the_same_loras(lora_build, lora_files
     assert image_psnr(ours, with_loras) >= PARITY_PSNR_DB
     # The LoRAs change the image: without them, diffusers' image is far from ours.
     without = diffusers_image(StableDiffusionPipeline, synthetic_weights, settings)
-    assert image_psnr(ours, without) < PARITY_PSNR_DB - 10
+    assert image_psnr(ours, without) < PARITY_PSNR_DB - 5
 
 
 @pytest.fixture(scope="module")

@@ -35,7 +35,7 @@ _RANK, _ALPHA = 4, 2.0  # kohya linear layers
 _CONV_RANK, _CONV_ALPHA = 2, 1.0  # kohya LoCon 3x3 convolutions
 _PEFT_ALPHA = 8  # with rank 4: scaling 2
 _KOHYA_PREFIX = {"unet": "lora_unet_", "text_encoder": "lora_te_", "text_encoder_2": "lora_te2_"}
-_STRENGTH = 0.5  # each factor's scale relative to a fan-in-scaled weight: a visible, stable change
+_STRENGTH = 1.5  # each factor's scale relative to a fan-in-scaled weight: a clear, stable change
 
 
 def synthetic_lora_state(architecture: str, seed: int, lora_format: str) -> tuple[dict[str, torch.Tensor], dict]:

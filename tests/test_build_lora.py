@@ -17,6 +17,7 @@ from sdbuild.errors import SdbuildError
 from sdbuild.plan import plan_jobs
 from sdbuild.runner.pipeline import GenerationSettings, Pipeline
 from sdbuild.sources.additions import load_with_additions
+from sdbuild.sources.digest import file_sha256
 from sdbuild.sources.load import load_submodel
 from sdbuild.sources.synthetic_lora import write_synthetic_lora
 from sdbuild.spec import validate
@@ -64,9 +65,9 @@ def _diffusers_fuse(pipe, lora_files) -> None:
 def test_manifest_records_each_lora(lora_build, lora_files):
     manifest = json.loads((lora_build / "manifest.json").read_text())
     assert manifest["additions"] == [
-        {"kind": "lora", "sha256": _sha256(lora_files["kohya"]), "scale": KOHYA_SCALE,
+        {"kind": "lora", "sha256": file_sha256(lora_files["kohya"]), "scale": KOHYA_SCALE,
          "components": ["unet", "text_encoder"], "peft": manifest["additions"][0]["peft"]},
-        {"kind": "lora", "sha256": _sha256(lora_files["peft"]), "scale": PEFT_SCALE,
+        {"kind": "lora", "sha256": file_sha256(lora_files["peft"]), "scale": PEFT_SCALE,
          "components": ["unet"], "peft": manifest["additions"][0]["peft"]},
     ]
     assert set(manifest["components"]) == {"text_encoder", "unet", "vae_decoder"}
@@ -165,17 +166,12 @@ def test_content_and_scale_change_the_build_id_and_only_affected_keys(lora_files
 def test_changed_scale_rebuilds_only_what_it_touches(lora_build, lora_files, shared_cache_dir, tmp_path, capsys):
     """A warm cache: the text encoder (kohya LoRA rescaled) converts again, the VAE decoder does not."""
     capsys.readouterr()
-    assert main([*_overrides(lora_files, "components=[text_encoder,vae_decoder]", "loras.0.scale=0.6"),
+    assert main(["recipe=tiny-lora", "components=[text_encoder,vae_decoder]",
+                 f"loras=[{{path: {lora_files['kohya']}, scale: 0.6}}]",
                  f"output.dir={tmp_path}", f"cache.dir={shared_cache_dir}", "verify=false"]) == 0
     lines = capsys.readouterr().err.splitlines()
     assert any("vae_decoder" in line and "convert   cached" in line for line in lines)
     assert any("text_encoder" in line and "convert   done" in line for line in lines)
-
-
-def _sha256(path: Path) -> str:
-    import hashlib
-
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # Bad LoRAs: one line, before any work, nothing written.

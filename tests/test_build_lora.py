@@ -252,3 +252,22 @@ def test_component_the_build_does_not_convert_is_an_error(lora_files):
     with pytest.raises(SdbuildError, match=r"loras\[0\].components: text_encoder is not built"):
         validate(compose_recipe(_one_lora(lora_files["kohya"], "components=[unet]",
                                           "loras.0.components=[text_encoder]")))
+
+
+def test_sdxl_kohya_lora_reaches_the_second_text_encoder(tmp_path):
+    """lora_te2_* keys fuse into text_encoder_2 only, when components lists only it."""
+    sdxl = write_synthetic_lora("tiny-sdxl-base", SEED, "kohya", tmp_path / "sdxl.safetensors")
+    spec = validate(compose_recipe(["model=tiny-sdxl-base", "components=[text_encoder,text_encoder_2,unet]",
+                                    f"loras=[{{path: {sdxl}, scale: 0.5, components: [text_encoder_2]}}]"]))
+    (addition,) = spec.additions
+    assert addition.folders == ("text_encoder_2",)
+    module = "text_model.encoder.layers.0.self_attn.v_proj"  # CLIPTextModelWithProjection keeps text_model
+    kohya_name = "lora_te2_text_model_encoder_layers_0_self_attn_v_proj"
+    tensors = load_file(sdxl)
+    base = load_submodel(spec.source, "text_encoder_2").get_submodule(module).weight
+    fused = load_with_additions(spec.source, "text_encoder_2", spec.additions).get_submodule(module).weight
+    up, down = tensors[f"{kohya_name}.lora_up.weight"], tensors[f"{kohya_name}.lora_down.weight"]
+    expected = up @ down * 0.5 * tensors[f"{kohya_name}.alpha"].item() / down.shape[0]
+    torch.testing.assert_close(fused - base, expected, rtol=0, atol=1e-6)
+    first = load_with_additions(spec.source, "text_encoder", spec.additions).state_dict()
+    assert all(torch.equal(v, load_submodel(spec.source, "text_encoder").state_dict()[k]) for k, v in first.items())

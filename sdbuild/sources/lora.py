@@ -73,7 +73,7 @@ class LoraAddition:
             raise SdbuildError(f"LoRA file '{self.path}' changed during the build",
                                "run the build again once the file is in place")
         state, alphas, adapter_metadata = read_lora(self.path, self.unet_config)
-        layers = peft_state(folder, state)
+        layers = peft_state(folder, state, model)
         kept = {k: v for k, v in layers.items() if _module_of(k) not in self.skipped.get(folder, ())}
         _fuse(model, folder, {f"{folder}.{k}": v for k, v in kept.items()}, alphas, adapter_metadata,
               self.scale, f"lora_{self.index}")
@@ -92,8 +92,7 @@ def resolve_loras(build: "BuildConfig", source: "ResolvedSource") -> tuple[LoraA
         scale = _checked_scale(entry.scale, key)
         state, _, _ = read_lora(path, source.configs["unet"])
         _check_finite(state, path)
-        by_folder = {folder: peft_state(folder, state) for folder in LORA_FOLDERS}
-        has_weights = [folder for folder in LORA_FOLDERS if by_folder[folder]]
+        has_weights = [folder for folder in LORA_FOLDERS if any(k.startswith(f"{folder}.") for k in state)]
         foreign = [k for k in state if not k.startswith(tuple(f"{folder}." for folder in LORA_FOLDERS))]
         if not has_weights and not foreign:
             raise SdbuildError(f"LoRA file '{path}' holds no LoRA weights", FORMATS_HINT)
@@ -110,7 +109,7 @@ def resolve_loras(build: "BuildConfig", source: "ResolvedSource") -> tuple[LoraA
         for folder in has_weights:
             if folder not in meta_models:
                 meta_models[folder] = meta_submodel(source.configs[folder], folder)
-            layers = _layers(by_folder[folder])
+            layers = _layers(peft_state(folder, state, meta_models[folder]))
             total += len(layers)
             missing = _check_layers(layers, meta_models[folder], folder, path, source.arch.name)
             unmatched += [f"{folder}.{layer.module}" for layer in missing]
@@ -147,11 +146,11 @@ def read_lora(path: Path, unet_config: dict) -> tuple[dict, dict | None, dict | 
                            FORMATS_HINT) from error
 
 
-def peft_state(folder: str, state: dict) -> dict:
-    """``folder``'s part of a read LoRA with peft's key names (``<module>.lora_A.weight`` ...), as
-    diffusers converts them before injecting: the UNet's through its UNet rules, a text
-    encoder's through the diffusers and PEFT mappings, without the ``text_model.`` level that
-    transformers' CLIPTextModel no longer has."""
+def peft_state(folder: str, state: dict, model: "torch.nn.Module") -> dict:
+    """``folder``'s part of a read LoRA with peft's key names (``<module>.lora_A.weight`` ...) in
+    ``model``, as diffusers converts them before injecting: the UNet's through its UNet rules, a
+    text encoder's through the diffusers and PEFT mappings, without the ``text_model.`` level
+    when ``model`` has none (transformers' CLIPTextModel no longer does)."""
     from diffusers.utils import convert_state_dict_to_diffusers, convert_state_dict_to_peft, convert_unet_state_dict_to_peft
 
     prefix = f"{folder}."
@@ -161,7 +160,7 @@ def peft_state(folder: str, state: dict) -> dict:
     if folder == "unet":
         return part if "lora_A" in next(iter(part)) else convert_unet_state_dict_to_peft(part)
     part = convert_state_dict_to_peft(convert_state_dict_to_diffusers(part))
-    return {k.removeprefix("text_model."): v for k, v in part.items()}
+    return part if hasattr(model, "text_model") else {k.removeprefix("text_model."): v for k, v in part.items()}
 
 
 def _check_finite(state: dict, path: Path) -> None:

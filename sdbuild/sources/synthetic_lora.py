@@ -52,7 +52,8 @@ def synthetic_lora_state(architecture: str, seed: int, lora_format: str) -> tupl
         modules = [(name, m) for name, m in model.named_modules()
                    if name.endswith(targets) and isinstance(m, (torch.nn.Linear, torch.nn.Conv2d))]
         # Checkpoints name CLIP's layers under text_model., as transformers 4 did.
-        file_names = {name: name if folder == "unet" else f"text_model.{name}" for name, _ in modules}
+        file_names = {name: name if folder == "unet" or name.startswith("text_model.") else f"text_model.{name}"
+                      for name, _ in modules}
         for name, module in modules:
             weight = tuple(module.weight.shape)
             conv3 = len(weight) == 4 and weight[2:] != (1, 1)

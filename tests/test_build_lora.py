@@ -271,3 +271,17 @@ def test_sdxl_kohya_lora_reaches_the_second_text_encoder(tmp_path):
     torch.testing.assert_close(fused - base, expected, rtol=0, atol=1e-6)
     first = load_with_additions(spec.source, "text_encoder", spec.additions).state_dict()
     assert all(torch.equal(v, load_submodel(spec.source, "text_encoder").state_dict()[k]) for k, v in first.items())
+
+
+def test_synth_lora_command_is_seeded(tmp_path, capsys):
+    def written(name: str, seed: int) -> bytes:
+        out = tmp_path / name
+        assert main(["synth-lora", "--architecture", ARCHITECTURE, "--format", "peft", "--seed", str(seed),
+                     "--out", str(out)]) == 0
+        return out.read_bytes()
+
+    first = written("a.safetensors", 3)
+    assert first == written("b.safetensors", 3) and first != written("c.safetensors", 4)
+    assert str(tmp_path / "a.safetensors") in capsys.readouterr().out
+    assert main(["synth-lora", "--out", str(tmp_path / "style.bin")]) == 2
+    assert "cannot write a LoRA as" in capsys.readouterr().err

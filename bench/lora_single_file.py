@@ -42,7 +42,7 @@ def prepare(work: Path) -> dict[str, Path]:
 
 
 def build_overrides(route: str, paths: dict[str, Path], components: list[str], verify: bool, out: Path) -> list[str]:
-    source = ([f"model.source=file", f"model.path={paths['file']}", f"model.tokenizer={paths['folder']}"]
+    source = (["model.source=file", f"model.path={paths['file']}", f"model.tokenizer={paths['folder']}"]
               if route == "file" else ["model.source=local", f"model.path={paths['folder']}"])
     return [
         "model=sd15", *source, "model.id=sd15", f"components=[{','.join(components)}]",

@@ -5,7 +5,6 @@ matches diffusers' pipeline with the same LoRAs, and bad LoRAs fail before work 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest

@@ -40,6 +40,8 @@ SUBCOMMANDS = {
                   "write a synthetic VAE: a diffusers folder or an original-layout file (--seed S --out F)"),
     "synth-embedding": ("sdbuild.sources.embeddings", "synth_embedding_main",
                         "write a synthetic textual-inversion embedding (--token T --vectors N --out F)"),
+    "synth-lora": ("sdbuild.sources.synthetic_lora", "synth_lora_main",
+                   "write a seeded synthetic LoRA file (--architecture A --format kohya|peft --out F)"),
 }
 
 

@@ -13,6 +13,7 @@ from sdbuild.cli import main
 from sdbuild.preflight import CONF_DIR, compose_recipe
 from sdbuild.config.schema import BuildConfig
 from sdbuild.errors import SdbuildError
+from sdbuild.sources.synthetic_lora import write_synthetic_lora
 from sdbuild.spec import validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,15 +26,18 @@ def test_required_recipes_exist():
 
 
 @pytest.mark.parametrize("recipe", RECIPES)
-def test_recipe_composes_and_validates_offline(recipe, tmp_path):
+def test_recipe_composes_and_validates_offline(recipe, tmp_path, tmp_path_factory):
     # Real-model recipes name Hub ids, and recipes with additions name files a command writes
-    # first: offline they are validated on their synthetic twin (synthetic VAE and ControlNets,
-    # no embeddings).
+    # first: offline they are validated on their synthetic twin (synthetic VAE, ControlNets and
+    # LoRAs, no embeddings).
     cfg = compose_recipe([f"recipe={recipe}", "model.source=synthetic", "embeddings=[]", f"output.dir={tmp_path}"])
     if cfg.vae.source is not None:
         cfg.vae.source = "synthetic"
     for controlnet in cfg.controlnet:
         controlnet.source = "synthetic"
+    for lora in cfg.loras:
+        lora.path = str(write_synthetic_lora(cfg.model.architecture, 0, "kohya",
+                                             tmp_path_factory.mktemp("loras") / Path(lora.path).name))
     assert isinstance(OmegaConf.to_object(cfg), BuildConfig)
     spec = validate(cfg)
     assert spec.recipe == recipe, "a recipe's name must match its file name"

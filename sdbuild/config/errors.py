@@ -19,6 +19,8 @@ RECIPES_HINT = "see README: Recipes and overrides"
 # "In 'recipe/tiny': ..." : the config file Hydra was composing when it failed.
 _IN_CONFIG = re.compile(r"^In '(?P<config>[^']+)': ")
 _NO_DEFAULTS_MATCH = re.compile(r"Could not override '(?P<group>[^']+)'\. No match in the defaults list")
+# A list item's schema (loras[i]) names only its own key: the override or YAML list says which list.
+_MERGING_OVERRIDE = re.compile(r"^Error merging override (?P<key>[^=]+)=")
 
 
 def config_error(exc: BaseException, conf_dirs: tuple[Path, ...] = ()) -> SdbuildError:
@@ -47,18 +49,21 @@ def config_error(exc: BaseException, conf_dirs: tuple[Path, ...] = ()) -> Sdbuil
                             _suggest(group, groups, f"groups: {', '.join(groups)}"))
     keyed = next((c for c in _causes(exc) if getattr(c, "full_key", None)), None)
     if keyed is not None:
-        return _key_error(keyed, config_file)
+        merging = _MERGING_OVERRIDE.match(str(exc))
+        bare = not re.search(r"[.\[]", keyed.full_key)
+        return _key_error(keyed, config_file, f"{merging['key']}: " if merging and bare else "")
     first_line = str(getattr(exc, "msg", None) or exc).strip().splitlines()[0]
     return SdbuildError(f"{where}{_IN_CONFIG.sub('', first_line)}" if where else first_line, RECIPES_HINT)
 
 
-def _key_error(cause: BaseException, config_file: Path | None) -> SdbuildError:
+def _key_error(cause: BaseException, config_file: Path | None, override: str = "") -> SdbuildError:
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError
 
     full_key = cause.full_key
     key = str(getattr(cause, "key", None) or full_key.rpartition(".")[2])
-    place = ""
+    place = override
     if config_file is not None:
+        full_key = _list_item_key(config_file, full_key) or full_key
         line_column = _key_position(config_file, full_key)
         place = f"{_shown(config_file)}, line {line_column[0]}, column {line_column[1]}: " if line_column \
             else f"{_shown(config_file)}: "
@@ -114,14 +119,37 @@ def _key_position(config_file: Path, full_key: str) -> tuple[int, int] | None:
         return None
     position = None
     for part in full_key.split("."):
+        name, _, index = part.partition("[")  # loras[0]: the item of a list
         if not isinstance(node, yaml.MappingNode):
             return position
-        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == part), None)
+        match = next(((k, v) for k, v in node.value if getattr(k, "value", None) == name), None)
         if match is None:
             return position
         position = (match[0].start_mark.line + 1, match[0].start_mark.column + 1)
         node = match[1]
+        if index:
+            items = node.value if isinstance(node, yaml.SequenceNode) else []
+            if int(index.rstrip("]")) >= len(items):
+                return position
+            node = items[int(index.rstrip("]"))]
     return position
+
+
+def _list_item_key(config_file: Path, key: str) -> str | None:
+    """``list[i].key`` for a bare ``key`` that is written only inside a list's mapping item."""
+    import yaml
+
+    try:
+        node = yaml.compose(config_file.read_text())
+    except (OSError, yaml.YAMLError):
+        return None
+    if not isinstance(node, yaml.MappingNode) or any(getattr(k, "value", None) == key for k, _ in node.value):
+        return None
+    for name, value in node.value:
+        for index, item in enumerate(value.value if isinstance(value, yaml.SequenceNode) else []):
+            if isinstance(item, yaml.MappingNode) and any(getattr(k, "value", None) == key for k, _ in item.value):
+                return f"{name.value}[{index}].{key}"
+    return None
 
 
 def _field_names(object_type) -> list[str]:

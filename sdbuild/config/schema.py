@@ -12,6 +12,7 @@ from enum import StrEnum
 from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
 
 from sdbuild.config.compression import ChunkingConfig, QuantizationConfig
 
@@ -159,6 +160,15 @@ class SweepConfig:
 
 
 @dataclass
+class LoraFileConfig:
+    """One LoRA fused into the weights before tracing (kohya or diffusers/PEFT safetensors)."""
+
+    path: str = MISSING
+    scale: float = 1.0  # diffusers' fuse_lora(lora_scale=...)
+    components: Optional[List[str]] = None  # unet, text_encoder, text_encoder_2; None: all it has weights for
+
+
+@dataclass
 class BuildConfig:
     name: str = "unnamed"
     description: str = ""
@@ -181,6 +191,8 @@ class BuildConfig:
     output: OutputConfig = field(default_factory=OutputConfig)
     cache: CacheConfig = field(default_factory=CacheConfig)
     sweep: SweepConfig = field(default_factory=SweepConfig)
+    loras: List[LoraFileConfig] = field(default_factory=list)
+    lora_strict: bool = True  # a LoRA key that matches no layer: error (false: a warning with the count)
 
 
 def register_configs() -> None:

@@ -42,6 +42,7 @@ def resolve_additions(build: "BuildConfig", source: "ResolvedSource", cache_dir:
     """The recipe's additions in the order they apply: replacements first, then edits."""
     from sdbuild.sources.controlnet import resolve_controlnets
     from sdbuild.sources.embeddings import resolve_embeddings
+    from sdbuild.sources.lora import resolve_loras
     from sdbuild.sources.vae import resolve_vae
 
     vae = resolve_vae(build.vae, source, build.model.allow_pickle)
@@ -50,6 +51,7 @@ def resolve_additions(build: "BuildConfig", source: "ResolvedSource", cache_dir:
         *([vae] if vae else []),
         *resolve_controlnets(build.controlnet, build.components, source, cache_dir),
         *([embeddings] if embeddings else []),
+        *resolve_loras(build, source),
     )
 
 

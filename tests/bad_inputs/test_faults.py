@@ -37,6 +37,7 @@ BROKEN_RECIPES = {
     "bad_nested_key": "# @package _global_\nname: bad\nlatent:\n  hieght: 64\n",
     "bad_group": "# @package _global_\ndefaults:\n  - override /attenton: original\nname: bad\n",
     "bad_type": "# @package _global_\nname: bad\nbatch_size: two\n",
+    "bad_lora_scale": "# @package _global_\nname: bad\nloras:\n  - path: style.safetensors\n    scale: strong\n",
 }
 
 RECIPE_CASES = [
@@ -45,6 +46,7 @@ RECIPE_CASES = [
     ("bad_nested_key", ["line 4, column 3", "unknown key 'latent.hieght'", "did you mean 'latent.height'?"]),
     ("bad_group", ["bad_group.yaml", "'override /attenton'", "did you mean 'attention'?"]),
     ("bad_type", ["bad_type.yaml, line 3, column 1", "batch_size", "'two'"]),
+    ("bad_lora_scale", ["bad_lora_scale.yaml, line 5, column 5", "loras[0].scale", "'strong'", "Float"]),
 ]
 
 

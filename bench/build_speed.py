@@ -12,7 +12,8 @@ once into --snapshot (default: $TMPDIR/sdbuild-bench-<architecture>-seed0) and r
   (cold), verification on, its stage seconds read from the build's build-info.json.
 Each run is its own child process; its peak memory is the highest sum of the resident memory of
 its process tree (polled every 0.1 s) or the largest single process's peak (/usr/bin/time), whichever
-is higher. `--code DIR` runs the build from another checkout (e.g. a worktree of main) to compare.
+is higher. CPU seconds (user + system of the tree) are printed too: on a shared machine they
+vary less than wall time. `--code DIR` runs the build from another checkout (e.g. a worktree of main) to compare.
 """
 
 from __future__ import annotations
@@ -52,13 +53,13 @@ def _tree_rss_bytes(pid: int) -> int:
     return total
 
 
-def measured_run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, str]:
-    """(wall seconds, peak GB, stderr) of ``command`` as a child process tree."""
+def measured_run(command: list[str], cwd: Path, env: dict[str, str] | None = None) -> tuple[float, float, float, str]:
+    """(wall seconds, CPU seconds, peak GB, stderr) of ``command`` as a child process tree."""
     start = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         # /usr/bin/time reports the kernel's own peak of the largest process in the tree, which
         # catches a spike between two polls.
-        child = subprocess.Popen(["/usr/bin/time", "-f", "PEAK_KB %M", *command], cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, text=True,
+        child = subprocess.Popen(["/usr/bin/time", "-f", "PEAK_KB %M CPU %U %S", *command], cwd=cwd, stdout=subprocess.DEVNULL, stderr=err, text=True,
                                  env={**os.environ, **(env or {})})
         peak = 0
         while child.poll() is None:
@@ -69,8 +70,8 @@ def measured_run(command: list[str], cwd: Path, env: dict[str, str] | None = Non
         stderr = err.read()
     if child.returncode != 0:
         raise SystemExit(f"failed: {' '.join(command)}\n{stderr[-3000:]}")
-    largest_process = int(re.findall(r"^PEAK_KB (\d+)$", stderr, re.M)[-1]) * 1024
-    return wall, max(peak, largest_process) / 1e9, stderr
+    peak_kb, user, system = re.findall(r"^PEAK_KB (\d+) CPU ([\d.]+) ([\d.]+)$", stderr, re.M)[-1]
+    return wall, float(user) + float(system), max(peak, int(peak_kb) * 1024) / 1e9, stderr
 
 
 def ensure_snapshot(architecture: str, folder: Path) -> None:
@@ -152,29 +153,29 @@ def main() -> None:
     rows, details = [], []
     if "yardstick" in args.parts:
         print("yardstick: diffusers UNet trace + convert ...", flush=True)
-        wall, peak, stderr = measured_run([sys.executable, __file__, "--yardstick-child", str(folder)], ROOT)
-        rows.append(["diffusers UNet trace+convert (yardstick)", f"{wall:.1f}", f"{peak:.2f}"])
+        wall, cpu, peak, stderr = measured_run([sys.executable, __file__, "--yardstick-child", str(folder)], ROOT)
+        rows.append(["diffusers UNet trace+convert (yardstick)", f"{wall:.1f}", f"{cpu:.1f}", f"{peak:.2f}"])
         stages = [line for line in stderr.splitlines() if line.startswith("{")][-1]
         details.append(f"yardstick stages (s): {stages}")
-        print(f"  {wall:.1f} s, {peak:.2f} GB", flush=True)
+        print(f"  {wall:.1f} s wall, {cpu:.1f} s CPU, {peak:.2f} GB", flush=True)
     if "build" in args.parts:
         overrides = [f"recipe={args.recipe}", *args.overrides, "model.source=local", f"model.path={folder}",
                      "cache.enabled=false"]
         label = f"sdbuild {' '.join([args.recipe, *args.overrides])}, cold, verified" + (f" ({args.label})" if args.label else "")
         print(f"build: {' '.join(overrides)} (code: {args.code}) ...", flush=True)
         with tempfile.TemporaryDirectory(prefix="sdbuild-bench-") as tmp:
-            wall, peak, _ = measured_run([sys.executable, "-m", "sdbuild", *overrides, f"output.dir={tmp}/out"],
+            wall, cpu, peak, _ = measured_run([sys.executable, "-m", "sdbuild", *overrides, f"output.dir={tmp}/out"],
                                          args.code, {"PYTHONPATH": str(args.code)})
             (info,) = Path(tmp, "out").glob("*/*/build-info.json")
             build_info = json.loads(info.read_text())
-        rows.append([label, f"{wall:.1f}", f"{peak:.2f}"])
+        rows.append([label, f"{wall:.1f}", f"{cpu:.1f}", f"{peak:.2f}"])
         details += [f"build stage seconds ({build_info['seconds']:.1f} s in the builder):", *stage_lines(build_info)]
-        print(f"  {wall:.1f} s, {peak:.2f} GB", flush=True)
-    print(format_table(["run", "wall s", "peak RSS GB"], rows))
+        print(f"  {wall:.1f} s wall, {cpu:.1f} s CPU, {peak:.2f} GB", flush=True)
+    print(format_table(["run", "wall s", "CPU s", "peak RSS GB"], rows))
     print("\n".join(details))
     if len(rows) == 2:
-        print(f"\nbuild / yardstick: wall {float(rows[1][1]) / float(rows[0][1]):.2f}x, "
-              f"peak {float(rows[1][2]) / float(rows[0][2]):.2f}x")
+        ratios = [float(b) / float(a) for a, b in zip(rows[0][1:], rows[1][1:])]
+        print(f"\nbuild / yardstick: wall {ratios[0]:.2f}x, CPU {ratios[1]:.2f}x, peak {ratios[2]:.2f}x")
 
 
 if __name__ == "__main__":

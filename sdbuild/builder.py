@@ -4,6 +4,10 @@ entry keyed by what the stage declares it depends on; then store the build and i
 Cache keys chain: compress's key contains convert's, and so on, so changing only quantization
 reuses the float16 conversion, and changing only a placement or the compute-unit hint reuses
 every stage.
+
+Stages that make nothing a later stage reads (`Stage.runs_behind`: verification) run on a
+background thread, one component after another, while the next component converts: conversion is
+mostly single-threaded Python, so the second core verifies meanwhile.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import platform
 import sys
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -55,10 +60,15 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
             cache.remove_abandoned_staging()
         else:  # same code path, with a store that lives for this build only (and no remote)
             cache = BuildCache(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdbuild-"))))
-        components = {
-            job.name: _build_component(index, job, spec, cache, timer, staging, cache_lookups)
-            for index, job in enumerate(jobs, start=1)
-        }
+        behind = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdbuild-behind")
+        # On a failure, stages not started are dropped; the running one is waited for, as it
+        # may write into the staging folder.
+        stack.callback(behind.shutdown, wait=True, cancel_futures=True)
+        pending: dict[str, Future] = {}
+        for index, job in enumerate(jobs, start=1):
+            _raise_first_failure(pending.values())  # a failed verification stops the next conversion
+            pending[job.name] = _build_component(index, job, spec, cache, timer, staging, cache_lookups, behind)
+        components = {component: future.result() for component, future in pending.items()}
         tokenizer = [file_info(staging, path) for path in write_tokenizer_files(spec.source, staging, added_tokens(spec.additions))]
         manifest = build_manifest(spec, components, tokenizer)
         write_manifest(manifest, staging)
@@ -109,24 +119,40 @@ class _ComponentRun:
         return entry
 
 
+def _raise_first_failure(futures) -> None:
+    for future in futures:
+        if future.done() and future.exception() is not None:
+            raise future.exception()
+
+
 def _build_component(index, job: ComponentJob, spec: BuildSpec, cache: BuildCache, timer: StageTimer, staging: Path,
-                     cache_lookups: list[bool]) -> ComponentInfo:
+                     cache_lookups: list[bool], behind: ThreadPoolExecutor) -> "Future[ComponentInfo]":
+    """Runs the component's stages up to the first that runs behind; the rest, and storing the
+    component, go to ``behind``."""
     run = _ComponentRun(cache, timer, index, job.name, cache_lookups)
     ctx = StageContext(spec, job, run.step)
     fields: dict = {}
-    for stage in COMPONENT_STAGES:
-        parts = stage.key_parts(ctx)
-        if parts is None:
-            fields.update(stage.skipped(ctx))
-            continue
-        key = cache.key(stage.name, parts)
-        result = stage.result.load(run.cached(stage, key, ctx))
-        stage.check(ctx, result)
-        ctx.keys[stage.name], ctx.results[stage.name] = key, result
-        fields.update(result.record(job))
 
-    with run.step("store"):
-        files = {name: path for result in ctx.results.values() for name, path in result.files(job).items()}
-        for name, path in files.items():
-            cache.materialize(path, staging / name)
-    return component_info(spec, job, file_info(staging, staging / job.file_name), fields)
+    def run_stages(stages: tuple[Stage, ...]) -> None:
+        for stage in stages:
+            parts = stage.key_parts(ctx)
+            if parts is None:
+                fields.update(stage.skipped(ctx))
+                continue
+            key = cache.key(stage.name, parts)
+            result = stage.result.load(run.cached(stage, key, ctx))
+            stage.check(ctx, result)
+            ctx.keys[stage.name], ctx.results[stage.name] = key, result
+            fields.update(result.record(job))
+
+    def finish() -> ComponentInfo:
+        run_stages(COMPONENT_STAGES[first_behind:])
+        with run.step("store"):
+            files = {name: path for result in ctx.results.values() for name, path in result.files(job).items()}
+            for name, path in files.items():
+                cache.materialize(path, staging / name)
+        return component_info(spec, job, file_info(staging, staging / job.file_name), fields)
+
+    first_behind = next((i for i, stage in enumerate(COMPONENT_STAGES) if stage.runs_behind), len(COMPONENT_STAGES))
+    run_stages(COMPONENT_STAGES[:first_behind])
+    return behind.submit(finish)

@@ -77,6 +77,9 @@ class Stage:
     name: ClassVar[str]  # the cache key's prefix and the progress line's stage column
     result: ClassVar[type[StageResult]]
     reports_itself: ClassVar[bool] = False  # True: run() prints its own progress steps
+    # True: it and the stages after it run on the builder's background thread, beside the next
+    # component's stages (so none of them may make a file that a later stage reads).
+    runs_behind: ClassVar[bool] = False
 
     def key_parts(self, ctx: StageContext) -> dict | None:
         """Everything the result depends on, as plain JSON data; None: the stage does not apply."""

@@ -138,6 +138,7 @@ def _passing_gate(psnr_db: float) -> int:
 class VerifyStage(Stage):
     name = "verify"
     result = Verified
+    runs_behind = True
 
     def key_parts(self, ctx: StageContext) -> dict | None:
         if not ctx.spec.verify:

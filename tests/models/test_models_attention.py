@@ -1,9 +1,11 @@
-"""The three attention implementations agree, and each really shapes the traced graph."""
+"""The three attention implementations agree, and each really shapes the traced graph; the trace
+keeps its forward's outputs as the verification reference."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -11,7 +13,7 @@ from sdbuild import contract
 from sdbuild.models import build_component_module
 from sdbuild.models.attention import IMPLEMENTATIONS, QUERY_CHUNK, Attention
 from sdbuild.sample_inputs import sample_inputs
-from sdbuild.stages.trace import trace_module
+from sdbuild.stages.trace import reference_outputs, trace_module, trace_with_outputs
 
 from tiny_models import contract_inputs, submodels_for, tiny_source
 
@@ -74,3 +76,19 @@ def test_v2_chunk_count_follows_the_query_length():
     graph = torch.jit.trace(layer.eval(), (x,)).inlined_graph
     einsums = sum(node.kind() == "aten::einsum" for node in graph.nodes())
     assert einsums == 2 * layer.heads * math.ceil(x.shape[-1] / QUERY_CHUNK)
+
+
+@pytest.mark.parametrize("component", [contract.UNET, contract.TEXT_ENCODER, contract.VAE_DECODER])
+def test_the_trace_keeps_the_outputs_of_its_forward_as_the_reference(component):
+    """The convert stage's verification reference is the traced forward's outputs: they must be
+    exactly the eager forward's, and the trace must not keep the hook that captured them."""
+    arch = tiny_source("tiny-sd21-base").arch
+    module = build_component_module(component, submodels_for("tiny-sd21-base", component), arch, "SPLIT_EINSUM")
+    interface, _ = contract_inputs(component, arch, 8)
+    inputs = sample_inputs(interface, seed=5)
+    traced, outputs = trace_with_outputs(module, interface, inputs)
+    expected = reference_outputs(module, interface, inputs)
+    assert list(outputs) == [spec.name for spec in interface.outputs]
+    for name, value in expected.items():
+        assert np.array_equal(outputs[name], value), name
+    assert not module._forward_hooks and not traced._c._get_forward_hooks()

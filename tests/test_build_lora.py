@@ -198,7 +198,7 @@ def test_missing_truncated_or_foreign_files_fail_in_one_line(lora_files, tmp_pat
     assert "is not a LoRA file (unknown extension '.txt')" in _fails(tmp_path, capsys, _one_lora(text))
     pickled = tmp_path / "style.pt"
     torch.save(load_file(lora_files["kohya"]), pickled)
-    assert "is a pickle file" in _fails(tmp_path, capsys, _one_lora(pickled))
+    assert "is a pickle LoRA" in _fails(tmp_path, capsys, _one_lora(pickled))
     spec = validate(compose_recipe(_one_lora(pickled, COMPONENTS, "model.allow_pickle=true")))
     assert [a.kind for a in spec.additions] == ["lora"]
 

@@ -52,7 +52,7 @@ def test_help_lists_every_subcommand_and_the_build_form(capsys):
         assert f"sdbuild {name} " in out
     assert "sdbuild [recipe=NAME]" in out and "sdbuild -m " in out
     assert "--recipes DIR" in out and "--quiet" in out
-    assert "recipe: sd15, sd2-ane" in out, "the config groups and their options"
+    assert "recipe: sd15, sd15-inpainting, sd2-ane" in out, "the config groups and their options"
 
 
 def test_validate_prints_config_plan_and_build_id_and_writes_nothing(tmp_path, monkeypatch, capsys):

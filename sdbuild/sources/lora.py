@@ -23,7 +23,7 @@ from sdbuild.contract import SUBMODEL_OF
 from sdbuild.errors import SdbuildError
 from sdbuild.sources.digest import file_sha256
 from sdbuild.sources.resolved import TEXT_ENCODER_FOLDERS
-from sdbuild.sources.snapshot import PICKLE_SUFFIXES, check_safetensors
+from sdbuild.sources.single_file import checked_file
 
 if TYPE_CHECKING:
     import torch
@@ -88,7 +88,7 @@ def resolve_loras(build: "BuildConfig", source: "ResolvedSource") -> tuple[LoraA
     additions = []
     for index, entry in enumerate(build.loras):
         key = f"loras[{index}]"
-        path = _checked_file(entry.path, key, build.model.allow_pickle)
+        path = checked_file(entry.path, build.model.allow_pickle, key, kind="LoRA", pickle_key="model.allow_pickle")
         scale = _checked_scale(entry.scale, key)
         state, _, _ = read_lora(path, source.configs["unet"])
         _check_finite(state, path)
@@ -243,27 +243,6 @@ def meta_submodel(config: dict, folder: str) -> "torch.nn.Module":
 
     with quiet_loading(), torch.device("meta"):
         return build_from_config(model_class(folder, config), config)
-
-
-def _checked_file(path: str, key: str, allow_pickle: bool) -> Path:
-    file = Path(path).expanduser().resolve()
-    if not file.is_file():
-        raise SdbuildError(f"{key}.path: LoRA file '{path}' does not exist", f"set {key}.path to a LoRA file")
-    if file.suffix in PICKLE_SUFFIXES:
-        if not allow_pickle:
-            raise SdbuildError(
-                f"{key}.path: '{file}' is a pickle file",
-                "pickle files can execute code when loaded: set model.allow_pickle=true only if you "
-                "trust this file, or convert it to .safetensors",
-            )
-    elif file.suffix == SAFETENSORS_SUFFIX:
-        check_safetensors(file)
-    else:
-        raise SdbuildError(
-            f"{key}.path: '{file}' is not a LoRA file (unknown extension '{file.suffix}')",
-            f"use a {SAFETENSORS_SUFFIX} file (or {', '.join(PICKLE_SUFFIXES)} with model.allow_pickle=true)",
-        )
-    return file
 
 
 def _checked_scale(scale: float, key: str) -> float:

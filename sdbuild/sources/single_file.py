@@ -68,27 +68,29 @@ def resolve_single_file(model_cfg, cache_dir: Path) -> ResolvedSource:
     )
 
 
-def checked_file(path: str | None, allow_pickle: bool, key: str = "model") -> Path:
-    """The existing checkpoint file at ``path`` (recipe keys ``<key>.path``, ``<key>.allow_pickle``),
-    its safetensors header checked."""
+def checked_file(path: str | None, allow_pickle: bool, key: str = "model", kind: str = "checkpoint",
+                 pickle_key: str | None = None) -> Path:
+    """The existing ``kind`` file at ``path`` (recipe key ``<key>.path``), its safetensors header
+    checked; pickle files only when ``pickle_key`` (default ``<key>.allow_pickle``) allows them."""
+    pickle_key = pickle_key or f"{key}.allow_pickle"
     if not path:
-        raise SdbuildError(f"{key}.source=file needs {key}.path", f"set {key}.path=<checkpoint>.safetensors")
+        raise SdbuildError(f"{key}.source=file needs {key}.path", f"set {key}.path=<{kind}>.safetensors")
     file = Path(path).expanduser().resolve()
     if not file.is_file():
-        raise SdbuildError(f"checkpoint file '{path}' does not exist", f"set {key}.path to a single-file checkpoint")
+        raise SdbuildError(f"{kind} file '{path}' does not exist", f"set {key}.path to a {kind} file")
     if file.suffix in PICKLE_SUFFIXES:
         if not allow_pickle:
             raise SdbuildError(
-                f"'{file}' is a pickle checkpoint",
-                f"pickle files can execute code when loaded: set {key}.allow_pickle=true only if you "
+                f"'{file}' is a pickle {kind}",
+                f"pickle files can execute code when loaded: set {pickle_key}=true only if you "
                 "trust this file, or convert it to .safetensors",
             )
     elif file.suffix == SAFETENSORS_SUFFIX:
         check_safetensors(file)
     else:
         raise SdbuildError(
-            f"'{file}' is not a checkpoint file (unknown extension '{file.suffix}')",
-            f"use a {SAFETENSORS_SUFFIX} file (or {', '.join(PICKLE_SUFFIXES)} with {key}.allow_pickle=true)",
+            f"'{file}' is not a {kind} file (unknown extension '{file.suffix}')",
+            f"use a {SAFETENSORS_SUFFIX} file (or {', '.join(PICKLE_SUFFIXES)} with {pickle_key}=true)",
         )
     return file
 

@@ -168,9 +168,9 @@ def _file_vae(path: str | None, source: ResolvedSource) -> VaeAddition:
         from diffusers import AutoencoderKL
 
         from sdbuild.sources.models import build_from_config, quiet_loading
-        from sdbuild.sources.single_file import _open_checkpoint
+        from sdbuild.sources.single_file import open_checkpoint
 
-        with _open_checkpoint(file) as checkpoint:
+        with open_checkpoint(file) as checkpoint:
             state = _converted(checkpoint, config)
         with quiet_loading():
             model = build_from_config(AutoencoderKL, config)

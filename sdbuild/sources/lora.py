@@ -32,7 +32,6 @@ if TYPE_CHECKING:
     from sdbuild.sources.resolved import ResolvedSource
 
 LORA_FOLDERS = ("unet", *TEXT_ENCODER_FOLDERS)  # the submodels a LoRA can change
-SAFETENSORS_SUFFIX = ".safetensors"
 FORMATS_HINT = "kohya (lora_up/lora_down/alpha) and diffusers/PEFT (lora_A/lora_B) LoRA files are supported"
 
 

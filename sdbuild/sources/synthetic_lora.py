@@ -21,7 +21,8 @@ from safetensors.torch import save_file
 
 from sdbuild.errors import SdbuildError
 from sdbuild.package_io import replace_path, staging_path
-from sdbuild.sources.lora import LORA_FOLDERS, SAFETENSORS_SUFFIX, meta_submodel
+from sdbuild.sources.lora import LORA_FOLDERS, meta_submodel
+from sdbuild.sources.single_file import SAFETENSORS_SUFFIX
 from sdbuild.sources.synthetic import resolve_synthetic
 from sdbuild.sources.synthetic_weights import _seed_of
 

@@ -23,6 +23,7 @@ from sdbuild.spec import validate
 from sdbuild.stages.convert import ConvertStage
 from sdbuild.stages.stage import StageContext
 from tests.pipeline_parity import PARITY_PSNR_DB, diffusers_image, image_psnr, synthetic_folder
+from tests.refusals import refused_build
 
 ARCHITECTURE, SEED = "tiny-sd15", 0
 KOHYA_SCALE, PEFT_SCALE = 0.8, 0.5  # as recipes/tiny-lora.yaml
@@ -175,47 +176,38 @@ def test_changed_scale_rebuilds_only_what_it_touches(lora_build, lora_files, sha
 
 # Bad LoRAs: one line, before any work, nothing written.
 
-def _fails(tmp_path, capsys, overrides: list[str]) -> str:
-    out = tmp_path / "out"
-    assert main([*overrides, f"output.dir={out}", f"cache.dir={tmp_path / 'cache'}"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
-    assert not out.exists() and not (tmp_path / "cache").exists(), "nothing written"
-    return err
-
-
 def _one_lora(path, *extra: str) -> list[str]:
     return ["recipe=tiny-lora", f"loras=[{{path: {path}}}]", *extra]
 
 
 def test_missing_truncated_or_foreign_files_fail_in_one_line(lora_files, tmp_path, capsys):
-    assert "LoRA file 'nowhere.safetensors' does not exist" in _fails(tmp_path, capsys, _one_lora("nowhere.safetensors"))
+    assert "LoRA file 'nowhere.safetensors' does not exist" in refused_build(_one_lora("nowhere.safetensors"), tmp_path, capsys)
     truncated = tmp_path / "truncated.safetensors"
     truncated.write_bytes(lora_files["kohya"].read_bytes()[:-100])
-    assert "is truncated or corrupt" in _fails(tmp_path, capsys, _one_lora(truncated))
+    assert "is truncated or corrupt" in refused_build(_one_lora(truncated), tmp_path, capsys)
     text = tmp_path / "notes.txt"
     text.write_text("not a LoRA")
-    assert "is not a LoRA file (unknown extension '.txt')" in _fails(tmp_path, capsys, _one_lora(text))
+    assert "is not a LoRA file (unknown extension '.txt')" in refused_build(_one_lora(text), tmp_path, capsys)
     pickled = tmp_path / "style.pt"
     torch.save(load_file(lora_files["kohya"]), pickled)
-    assert "is a pickle LoRA" in _fails(tmp_path, capsys, _one_lora(pickled))
+    assert "is a pickle LoRA" in refused_build(_one_lora(pickled), tmp_path, capsys)
     spec = validate(compose_recipe(_one_lora(pickled, COMPONENTS, "model.allow_pickle=true")))
     assert [a.kind for a in spec.additions] == ["lora"]
 
 
 def test_scale_that_is_not_a_number_fails_in_one_line(lora_files, tmp_path, capsys):
-    err = _fails(tmp_path, capsys, _overrides(lora_files, "loras.0.scale=strong"))
+    err = refused_build(_overrides(lora_files, "loras.0.scale=strong"), tmp_path, capsys)
     assert "loras[0].scale: Value 'strong' of type 'str' could not be converted to Float" in err
-    err = _fails(tmp_path, capsys, ["recipe=tiny-lora", f"loras=[{{path: {lora_files['kohya']}, scale: strong}}]"])
+    err = refused_build(["recipe=tiny-lora", f"loras=[{{path: {lora_files['kohya']}, scale: strong}}]"], tmp_path, capsys)
     assert "loras: scale: Value 'strong' of type 'str' could not be converted to Float" in err
 
 
 def test_lora_for_another_architecture_names_both(tmp_path, capsys):
     sdxl = write_synthetic_lora("tiny-sdxl-base", SEED, "kohya", tmp_path / "sdxl.safetensors")
-    err = _fails(tmp_path, capsys, _one_lora(sdxl))
+    err = refused_build(_one_lora(sdxl), tmp_path, capsys)
     assert f"LoRA '{sdxl}' has text_encoder_2 weights but architecture 'tiny-sd15' has no text_encoder_2" in err
     sd2 = write_synthetic_lora("tiny-sd21-base", SEED, "peft", tmp_path / "sd2.safetensors")
-    err = _fails(tmp_path, capsys, _one_lora(sd2))
+    err = refused_build(_one_lora(sd2), tmp_path, capsys)
     assert f"LoRA '{sd2}' does not fit architecture 'tiny-sd15'" in err and "proj_in" in err
     # Each fits its own architecture.
     validate(compose_recipe(_one_lora(sd2, "model=tiny-sd21-base")))
@@ -229,7 +221,7 @@ def test_unmatched_keys_fail_or_warn_with_their_count(lora_files, tmp_path, caps
     extra = tmp_path / "extra.safetensors"
     save_file(tensors, extra)
     layers = len({key.split(".")[0] for key in tensors})
-    err = _fails(tmp_path, capsys, _one_lora(extra))
+    err = refused_build(_one_lora(extra), tmp_path, capsys)
     assert f"2 of {layers} LoRA layers" in err and "match no layer of architecture 'tiny-sd15'" in err
     assert "e.g. 'unet.down_blocks.7.attentions.0.proj_in'" in err and "lora_strict=false" in err
     with pytest.warns(UserWarning, match=f"2 of {layers} LoRA layers .* are skipped"):
@@ -243,7 +235,7 @@ def test_unmatched_keys_fail_or_warn_with_their_count(lora_files, tmp_path, caps
     ("[vae]", "loras[0].components: 'vae' is not a component a LoRA can change"),
 ])
 def test_listed_components_are_checked(lora_files, tmp_path, capsys, components, message):
-    err = _fails(tmp_path, capsys, _one_lora(lora_files["kohya"]) + [f"loras.0.components={components}"])
+    err = refused_build(_one_lora(lora_files["kohya"]) + [f"loras.0.components={components}"], tmp_path, capsys)
     assert message in err
 
 

@@ -15,6 +15,7 @@ from sdbuild.runner.pipeline import GenerationSettings, Pipeline
 from sdbuild.sources.embeddings import write_synthetic_embedding
 from sdbuild.sources.vae import write_synthetic_vae
 from tests.pipeline_parity import PARITY_PSNR_DB, diffusers_image, image_psnr, synthetic_folder
+from tests.refusals import refused_build
 
 ARCHITECTURE = "tiny-sd21-base"  # the tiny recipe's model, seed 0
 VAE_SCALING_FACTOR = 0.25  # not the model's 0.18215: the runner must use the shipped VAE's
@@ -134,15 +135,6 @@ def test_generation_matches_diffusers_with_the_same_vae_and_embeddings(custom_bu
     assert image_psnr(ours, without_embeddings) < PARITY_PSNR_DB
 
 
-def _one_line_error(overrides: list[str], tmp_path: Path, capsys) -> str:
-    out = tmp_path / "out"
-    assert main([*overrides, f"output.dir={out}", f"cache.dir={tmp_path / 'cache'}"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and len(err.splitlines()) == 1, err
-    assert not out.exists() and not (tmp_path / "cache").exists(), "nothing written"
-    return err
-
-
 def _truncated(path: Path) -> Path:
     path.write_bytes(path.read_bytes()[:-8])
     return path
@@ -189,7 +181,7 @@ def test_bad_vae_or_embedding_fails_before_work_in_one_line(case, expected, tmp_
         else:
             path = write_synthetic_embedding(ARCHITECTURE, 0, "<t>", 1, tmp_path / "t.pt")
         overrides = [f"embeddings=[{path}]"]
-    err = _one_line_error(overrides, tmp_path, capsys)
+    err = refused_build(overrides, tmp_path, capsys)
     assert expected.format(path=path) in err, err
 
 

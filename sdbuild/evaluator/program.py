@@ -3,13 +3,14 @@
 Load time does everything that does not depend on the inputs: constants (weights from
 weight.bin included) are decoded to float32 tensors, ops whose inputs are all constant
 (``constexpr_*`` decompression, shape arithmetic) are folded, every other op gets its kernel and
-its input references resolved, attention chains (matmul -> softmax -> matmul) become one fused
-kernel in float32 mode, and each intermediate tensor's last use is computed so that ``predict``
-can release it right after.
+its input references resolved, attention chains (matmul or einsum -> softmax -> matmul or
+einsum) become one fused kernel, and each intermediate tensor's last use is computed so that
+``predict`` can release it right after.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,9 +51,11 @@ class ProgramEvaluator:
     Outputs are returned in their declared dtype.
     """
 
-    def __init__(self, package: str | Path | Any, *, fp16_storage: bool = False):
+    def __init__(self, package: str | Path | Any, *, fp16_storage: bool = False,
+                 decoded: "DecodedWeights | None" = None):
         spec, weights_dir = _load_spec(package)
         self.fp16_storage = fp16_storage
+        self._decoded = decoded if decoded is not None else DecodedWeights()
         function = _main_function(spec)
         self.ios = _ios_version(function.opset)
         self._inputs = {p.spec.name: p for p in map(_port, spec.description.input)}
@@ -136,8 +139,7 @@ class ProgramEvaluator:
                 self._steps.append(step)
                 defined.update(o.name for o in outputs)
         keep = set(self._output_names)
-        if not self.fp16_storage:
-            self._steps = fuse_attention(self._steps, keep)
+        self._steps = fuse_attention(self._steps, keep, {n: p.spec.shape for n, p in self._inputs.items()})
         plan_releases(self._steps, keep)
 
     def _reference(self, argument: MIL_pb2.Argument, defined: set[str], blobs: BlobFiles) -> Ref:
@@ -156,12 +158,19 @@ class ProgramEvaluator:
 
     def _fold(self, step: Step) -> None:
         """Evaluate an op whose inputs are all constants once, at load time."""
-        env: dict[str, torch.Tensor] = {}
-        values = {key: ref for key, ref in step.inputs}
-        with torch.inference_mode():
-            self._store(step, step.kernel(Args(values, step.outputs, self.ios, step.op_type)), env)
-        for name, tensor in env.items():
-            self._consts[name] = Const(tensor)
+        def evaluate() -> tuple[torch.Tensor, ...]:
+            env: dict[str, torch.Tensor] = {}
+            values = {key: ref for key, ref in step.inputs}
+            with torch.inference_mode():
+                self._store(step, step.kernel(Args(values, step.outputs, self.ios, step.op_type)), env)
+            return tuple(env[o.name] for o in step.outputs)
+
+        if step.op_type.startswith("constexpr_"):
+            results = self._decoded.get(_content_key(step, self.ios, self.fp16_storage), evaluate)
+        else:
+            results = evaluate()
+        for info, tensor in zip(step.outputs, results):
+            self._consts[info.name] = Const(tensor)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -207,6 +216,39 @@ class ProgramEvaluator:
             return self._consts[name].value
         raise SdbuildError(f"model output '{name}' is not produced by the program",
                            "the .mlpackage is corrupt; rebuild it")
+
+
+class DecodedWeights:
+    """Decompressed weights (folded ``constexpr_*`` ops) by the content of their compressed form.
+
+    Evaluators that share one decode each palette once: a package and its chunks hold the same
+    compressed weights under other names and files, so verification passes one instance to the
+    whole model's evaluator and to its chunks'. Holds the decoded tensors while it lives.
+    """
+
+    def __init__(self) -> None:
+        self._results: dict[bytes, tuple[torch.Tensor, ...]] = {}
+
+    def get(self, key: bytes, decode: Any) -> tuple[torch.Tensor, ...]:
+        if key not in self._results:
+            self._results[key] = decode()
+        return self._results[key]
+
+
+def _content_key(step: Step, ios: int, fp16_storage: bool) -> bytes:
+    """A digest of what a constant op computes: its type and every input's dtype, shape and bytes."""
+    digest = hashlib.blake2b(f"{step.op_type}/{ios}/{fp16_storage}".encode(), digest_size=20)
+    for key, ref in step.inputs:
+        for const in ref if isinstance(ref, list) else [ref]:
+            if isinstance(const.value, torch.Tensor):
+                array = const.value.contiguous().numpy()
+                digest.update(f"{key}:{array.dtype}:{array.shape}".encode())
+                digest.update(array.reshape(-1).view(np.uint8))
+            else:
+                digest.update(f"{key}={const.value!r}".encode())
+    for info in step.outputs:
+        digest.update(f"->{info.dtype}:{info.shape}".encode())
+    return digest.digest()
 
 
 # -- helpers ---------------------------------------------------------------------------------

@@ -101,7 +101,7 @@ class ProgramEvaluator:
                         "Unable to compute the prediction using ML Program: op "
                         f"'{step.outputs[0].name}' ({step.op_type}) failed: {exc}"
                     ) from exc
-                self._store(step, results, env)
+                self._store(step, results, env, values)
                 for name in step.release:
                     del env[name]
         return {
@@ -194,19 +194,25 @@ class ProgramEvaluator:
             env[name] = self._round(tensor, self._input_types[name])
         return env
 
-    def _store(self, step: Step, results: Any, env: dict[str, torch.Tensor]) -> None:
+    def _store(self, step: Step, results: Any, env: dict[str, torch.Tensor],
+               inputs: dict[str, Any] | None = None) -> None:
+        """Check and keep an op's results; with ``inputs`` (the op's), results that share no memory
+        with them are rounded in place."""
         results = results if isinstance(results, (tuple, list)) else (results,)
         if len(results) != len(step.outputs):
             raise RuntimeError(f"op {step.op_type} produced {len(results)} outputs, "
                                f"the program declares {len(step.outputs)}")
+        read = _storages(inputs.values()) if inputs is not None and self.fp16_storage else None
         for tensor, info in zip(results, step.outputs):
             tensor = tensor.to(torch_dtype(info.dtype))
             _check_shape(tensor, info, step.op_type)
-            env[info.name] = self._round(tensor, info.dtype)
+            owned = read is not None and tensor.is_contiguous() and _storages([tensor]).isdisjoint(read)
+            env[info.name] = self._round(tensor, info.dtype, in_place=owned)
 
-    def _round(self, value: Any, dtype: int) -> Any:
+    def _round(self, value: Any, dtype: int, in_place: bool = False) -> Any:
         if self.fp16_storage and dtype == DT.FLOAT16 and isinstance(value, torch.Tensor):
-            return value.to(torch.float16).to(torch.float32)
+            # In place saves allocating a second full-size tensor per op (large for a UNet).
+            return value.copy_(value.to(torch.float16)) if in_place else value.to(torch.float16).to(torch.float32)
         return value
 
     def _fetch(self, name: str, env: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -372,6 +378,17 @@ def _resolve(ref: Ref, env: dict[str, torch.Tensor]) -> Any:
     if isinstance(ref, list):
         return [env[r] if isinstance(r, str) else r for r in ref]
     return ref
+
+
+def _storages(values: Any) -> set[int]:
+    """The memory the tensors among ``values`` (tensors, Consts or lists of them) live in."""
+    found = set()
+    for value in values:
+        for item in value if isinstance(value, list) else [value]:
+            tensor = item.value if isinstance(item, Const) else item
+            if isinstance(tensor, torch.Tensor):
+                found.add(tensor.untyped_storage().data_ptr())
+    return found
 
 
 def _all_constant(inputs: tuple[tuple[str, Ref], ...]) -> bool:

@@ -11,6 +11,7 @@ optionally vector, LUT), ``constexpr_blockwise_shift_scale``, ``constexpr_sparse
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -36,6 +37,34 @@ def _unpacked(packed: torch.Tensor, bits: int, count: int) -> np.ndarray:
 def _gathered(lut: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
     """``lut[indices]``: numpy gathers by uint8 indices directly (torch would widen them to int64)."""
     return torch.from_numpy(lut.numpy()[indices])
+
+
+# Below this many values a palette decodes in one thread (a thread pool costs more than it saves).
+_PARALLEL_VALUES = 1 << 20
+
+
+def _palette_decoded(lut: torch.Tensor, packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """``lut[indices]`` for ``count`` ``bits``-wide packed indices, unpacked and gathered in one
+    part per torch thread: numpy releases the GIL in both, and UNet palettes are large."""
+    raw = packed.numpy().astype(np.uint8, copy=False).reshape(-1)
+    parts = torch.get_num_threads()
+    if count < _PARALLEL_VALUES or parts < 2:
+        return _gathered(lut, unpack_bits(raw, bits, count))
+    group_bytes = math.lcm(bits, 8) // 8
+    per_group = group_bytes * 8 // bits
+    part = -(-count // (parts * per_group)) * per_group  # whole byte groups per part
+    table = lut.numpy()
+    out = np.empty(count, table.dtype)
+
+    def decode(start: int) -> None:
+        stop = min(start + part, count)
+        first = start // per_group * group_bytes
+        out[start:stop] = table[unpack_bits(raw[first:first + (part // per_group) * group_bytes], bits,
+                                            stop - start)]
+
+    with ThreadPoolExecutor(parts) as pool:
+        list(pool.map(decode, range(0, count, part)))
+    return torch.from_numpy(out)
 
 
 def _scale_and_zero_point(a: Args, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -68,7 +97,7 @@ def lut_to_dense_ios16(a: Args) -> torch.Tensor:
     lut = a.tensor("lut")
     shape = a.ints("shape")
     bits = int(math.log2(lut.numel()))
-    return _gathered(lut, _unpacked(a.tensor("indices"), bits, math.prod(shape))).reshape(shape)
+    return _palette_decoded(lut, a.tensor("indices"), bits, math.prod(shape)).reshape(shape)
 
 
 @register("constexpr_sparse_to_dense", since=16)

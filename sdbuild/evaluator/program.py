@@ -31,6 +31,17 @@ from sdbuild.evaluator.values import (
 from sdbuild.progress import bar
 
 
+# Ops whose results are values of their inputs, rearranged. Every float16-declared tensor holds
+# float16 values already (inputs and results are rounded, constants are stored so), so their
+# results need no rounding in float16-storage mode.
+_MOVES_VALUES = frozenset({
+    "reshape", "reshape_like", "transpose", "expand_dims", "squeeze", "flatten2d", "concat", "stack",
+    "split", "slice_by_index", "slice_by_size", "tile", "reverse", "depth_to_space", "space_to_depth",
+    "pixel_shuffle", "pixel_unshuffle", "upsample_nearest_neighbor", "resize_nearest_neighbor", "crop",
+    "gather", "gather_along_axis", "identity",
+})
+
+
 @dataclass(frozen=True)
 class _Port:
     """One model input or output as the model description declares it."""
@@ -47,7 +58,8 @@ class ProgramEvaluator:
     Computation is float32, as on Core ML's CPU compute unit, which runs float16 programs in
     float32. With ``fp16_storage=True`` every tensor the program declares as float16 is rounded
     to float16 when it is produced (inputs and op outputs; float16 constants are exact already),
-    which is how the GPU and Neural Engine store them; float32-declared tensors stay float32.
+    which is how the GPU and Neural Engine store them; float32-declared tensors stay float32. Fused
+    attention (see `fuse_attention`) keeps its score and weight matrices in float32.
     Outputs are returned in their declared dtype.
     """
 
@@ -206,6 +218,9 @@ class ProgramEvaluator:
         for tensor, info in zip(results, step.outputs):
             tensor = tensor.to(torch_dtype(info.dtype))
             _check_shape(tensor, info, step.op_type)
+            if step.op_type in _MOVES_VALUES:  # float16 inputs give float16 values: nothing to round
+                env[info.name] = tensor
+                continue
             owned = read is not None and tensor.is_contiguous() and _storages([tensor]).isdisjoint(read)
             env[info.name] = self._round(tensor, info.dtype, in_place=owned)
 

@@ -141,9 +141,10 @@ def speed(source, work: Path, attention: str, target: str, repeats: int) -> list
              f"evaluator load {load_s:.1f} s, PSNR vs pytorch {quality:.1f} dB"]]
 
 
-def verification(source, work: Path) -> list[list[str]]:
+def verification(source, work: Path, components: list[str]) -> list[list[str]]:
     rows = []
-    for component, attention in (("text_encoder", "SPLIT_EINSUM"), ("unet", "SPLIT_EINSUM")):
+    attention = "SPLIT_EINSUM"
+    for component in components:
         interface = component_interface(component, source.arch, LATENT, BATCH)
         ct = quiet_coremltools()
 
@@ -176,6 +177,8 @@ def main() -> int:
     parser.add_argument("--target", default=ANE_TARGET, help="deployment target of the speed UNet")
     parser.add_argument("--repeats", type=int, default=2, help="timed calls of each (the best is kept)")
     parser.add_argument("--skip", choices=["speed", "verification"], help="leave one part out")
+    parser.add_argument("--verify", nargs="+", default=["text_encoder", "unet"], choices=["text_encoder", "unet"],
+                        help="components whose verification is timed")
     parser.add_argument("--work-dir", type=Path, help="keep packages here for later runs (default: temporary)")
     args = parser.parse_args()
 
@@ -187,7 +190,7 @@ def main() -> int:
         if args.skip != "speed":
             rows += speed(source, work, args.attention, args.target, args.repeats)
         if args.skip != "verification":
-            rows += verification(source, work)
+            rows += verification(source, work, args.verify)
     print(f"sdbuild from {ROOT}, torch threads {torch.get_num_threads()}, peak RSS "
           f"{resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.1f} GB")
     print(format_table(["measure", "pytorch | float16", "evaluator | kmeans6", "ratio", "note"], rows))

@@ -16,7 +16,7 @@ from sdbuild.quiet import quiet_coremltools
 # The evaluator reads coremltools' protobufs at import; import coremltools quietly first.
 quiet_coremltools()
 
-from sdbuild.evaluator.program import ProgramEvaluator  # noqa: E402
+from sdbuild.evaluator.program import DecodedWeights, ProgramEvaluator  # noqa: E402
 from sdbuild.evaluator.registry import UnsupportedOpError, supported_op_types  # noqa: E402
 
 
@@ -26,4 +26,4 @@ def evaluate(package: str | Path | Any, inputs: dict[str, np.ndarray], *,
     return ProgramEvaluator(package, fp16_storage=fp16_storage).predict(inputs)
 
 
-__all__ = ["ProgramEvaluator", "UnsupportedOpError", "evaluate", "supported_op_types"]
+__all__ = ["DecodedWeights", "ProgramEvaluator", "UnsupportedOpError", "evaluate", "supported_op_types"]

@@ -3,13 +3,14 @@
 Load time does everything that does not depend on the inputs: constants (weights from
 weight.bin included) are decoded to float32 tensors, ops whose inputs are all constant
 (``constexpr_*`` decompression, shape arithmetic) are folded, every other op gets its kernel and
-its input references resolved, attention chains (matmul -> softmax -> matmul) become one fused
-kernel in float32 mode, and each intermediate tensor's last use is computed so that ``predict``
-can release it right after.
+its input references resolved, attention chains (matmul or einsum -> softmax -> matmul or
+einsum) become one fused kernel, and each intermediate tensor's last use is computed so that
+``predict`` can release it right after.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,17 @@ from sdbuild.evaluator.values import (
 from sdbuild.progress import bar
 
 
+# Ops whose results are values of their inputs, rearranged. Every float16-declared tensor holds
+# float16 values already (inputs and results are rounded, constants are stored so), so their
+# results need no rounding in float16-storage mode.
+_MOVES_VALUES = frozenset({
+    "reshape", "reshape_like", "transpose", "expand_dims", "squeeze", "flatten2d", "concat", "stack",
+    "split", "slice_by_index", "slice_by_size", "tile", "reverse", "depth_to_space", "space_to_depth",
+    "pixel_shuffle", "pixel_unshuffle", "upsample_nearest_neighbor", "resize_nearest_neighbor", "crop",
+    "gather", "gather_along_axis", "identity",
+})
+
+
 @dataclass(frozen=True)
 class _Port:
     """One model input or output as the model description declares it."""
@@ -46,13 +58,16 @@ class ProgramEvaluator:
     Computation is float32, as on Core ML's CPU compute unit, which runs float16 programs in
     float32. With ``fp16_storage=True`` every tensor the program declares as float16 is rounded
     to float16 when it is produced (inputs and op outputs; float16 constants are exact already),
-    which is how the GPU and Neural Engine store them; float32-declared tensors stay float32.
+    which is how the GPU and Neural Engine store them; float32-declared tensors stay float32. Fused
+    attention (see `fuse_attention`) keeps its score and weight matrices in float32.
     Outputs are returned in their declared dtype.
     """
 
-    def __init__(self, package: str | Path | Any, *, fp16_storage: bool = False):
+    def __init__(self, package: str | Path | Any, *, fp16_storage: bool = False,
+                 decoded: "DecodedWeights | None" = None):
         spec, weights_dir = _load_spec(package)
         self.fp16_storage = fp16_storage
+        self._decoded = decoded if decoded is not None else DecodedWeights()
         function = _main_function(spec)
         self.ios = _ios_version(function.opset)
         self._inputs = {p.spec.name: p for p in map(_port, spec.description.input)}
@@ -98,7 +113,7 @@ class ProgramEvaluator:
                         "Unable to compute the prediction using ML Program: op "
                         f"'{step.outputs[0].name}' ({step.op_type}) failed: {exc}"
                     ) from exc
-                self._store(step, results, env)
+                self._store(step, results, env, values)
                 for name in step.release:
                     del env[name]
         return {
@@ -136,8 +151,7 @@ class ProgramEvaluator:
                 self._steps.append(step)
                 defined.update(o.name for o in outputs)
         keep = set(self._output_names)
-        if not self.fp16_storage:
-            self._steps = fuse_attention(self._steps, keep)
+        self._steps = fuse_attention(self._steps, keep, {n: p.spec.shape for n, p in self._inputs.items()})
         plan_releases(self._steps, keep)
 
     def _reference(self, argument: MIL_pb2.Argument, defined: set[str], blobs: BlobFiles) -> Ref:
@@ -156,12 +170,19 @@ class ProgramEvaluator:
 
     def _fold(self, step: Step) -> None:
         """Evaluate an op whose inputs are all constants once, at load time."""
-        env: dict[str, torch.Tensor] = {}
-        values = {key: ref for key, ref in step.inputs}
-        with torch.inference_mode():
-            self._store(step, step.kernel(Args(values, step.outputs, self.ios, step.op_type)), env)
-        for name, tensor in env.items():
-            self._consts[name] = Const(tensor)
+        def evaluate() -> tuple[torch.Tensor, ...]:
+            env: dict[str, torch.Tensor] = {}
+            values = {key: ref for key, ref in step.inputs}
+            with torch.inference_mode():
+                self._store(step, step.kernel(Args(values, step.outputs, self.ios, step.op_type)), env)
+            return tuple(env[o.name] for o in step.outputs)
+
+        if step.op_type.startswith("constexpr_"):
+            results = self._decoded.get(_content_key(step, self.ios, self.fp16_storage), evaluate)
+        else:
+            results = evaluate()
+        for info, tensor in zip(step.outputs, results):
+            self._consts[info.name] = Const(tensor)
 
     # -- running ---------------------------------------------------------------------------
 
@@ -185,19 +206,28 @@ class ProgramEvaluator:
             env[name] = self._round(tensor, self._input_types[name])
         return env
 
-    def _store(self, step: Step, results: Any, env: dict[str, torch.Tensor]) -> None:
+    def _store(self, step: Step, results: Any, env: dict[str, torch.Tensor],
+               inputs: dict[str, Any] | None = None) -> None:
+        """Check and keep an op's results; with ``inputs`` (the op's), results that share no memory
+        with them are rounded in place."""
         results = results if isinstance(results, (tuple, list)) else (results,)
         if len(results) != len(step.outputs):
             raise RuntimeError(f"op {step.op_type} produced {len(results)} outputs, "
                                f"the program declares {len(step.outputs)}")
+        read = _storages(inputs.values()) if inputs is not None and self.fp16_storage else None
         for tensor, info in zip(results, step.outputs):
             tensor = tensor.to(torch_dtype(info.dtype))
             _check_shape(tensor, info, step.op_type)
-            env[info.name] = self._round(tensor, info.dtype)
+            if step.op_type in _MOVES_VALUES:  # float16 inputs give float16 values: nothing to round
+                env[info.name] = tensor
+                continue
+            owned = read is not None and tensor.is_contiguous() and _storages([tensor]).isdisjoint(read)
+            env[info.name] = self._round(tensor, info.dtype, in_place=owned)
 
-    def _round(self, value: Any, dtype: int) -> Any:
+    def _round(self, value: Any, dtype: int, in_place: bool = False) -> Any:
         if self.fp16_storage and dtype == DT.FLOAT16 and isinstance(value, torch.Tensor):
-            return value.to(torch.float16).to(torch.float32)
+            # In place saves allocating a second full-size tensor per op (large for a UNet).
+            return value.copy_(value.to(torch.float16)) if in_place else value.to(torch.float16).to(torch.float32)
         return value
 
     def _fetch(self, name: str, env: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -207,6 +237,39 @@ class ProgramEvaluator:
             return self._consts[name].value
         raise SdbuildError(f"model output '{name}' is not produced by the program",
                            "the .mlpackage is corrupt; rebuild it")
+
+
+class DecodedWeights:
+    """Decompressed weights (folded ``constexpr_*`` ops) by the content of their compressed form.
+
+    Evaluators that share one decode each palette once: a package and its chunks hold the same
+    compressed weights under other names and files, so verification passes one instance to the
+    whole model's evaluator and to its chunks'. Holds the decoded tensors while it lives.
+    """
+
+    def __init__(self) -> None:
+        self._results: dict[bytes, tuple[torch.Tensor, ...]] = {}
+
+    def get(self, key: bytes, decode: Any) -> tuple[torch.Tensor, ...]:
+        if key not in self._results:
+            self._results[key] = decode()
+        return self._results[key]
+
+
+def _content_key(step: Step, ios: int, fp16_storage: bool) -> bytes:
+    """A digest of what a constant op computes: its type and every input's dtype, shape and bytes."""
+    digest = hashlib.blake2b(f"{step.op_type}/{ios}/{fp16_storage}".encode(), digest_size=20)
+    for key, ref in step.inputs:
+        for const in ref if isinstance(ref, list) else [ref]:
+            if isinstance(const.value, torch.Tensor):
+                array = const.value.contiguous().numpy()
+                digest.update(f"{key}:{array.dtype}:{array.shape}".encode())
+                digest.update(array.reshape(-1).view(np.uint8))
+            else:
+                digest.update(f"{key}={const.value!r}".encode())
+    for info in step.outputs:
+        digest.update(f"->{info.dtype}:{info.shape}".encode())
+    return digest.digest()
 
 
 # -- helpers ---------------------------------------------------------------------------------
@@ -330,6 +393,17 @@ def _resolve(ref: Ref, env: dict[str, torch.Tensor]) -> Any:
     if isinstance(ref, list):
         return [env[r] if isinstance(r, str) else r for r in ref]
     return ref
+
+
+def _storages(values: Any) -> set[int]:
+    """The memory the tensors among ``values`` (tensors, Consts or lists of them) live in."""
+    found = set()
+    for value in values:
+        for item in value if isinstance(value, list) else [value]:
+            tensor = item.value if isinstance(item, Const) else item
+            if isinstance(tensor, torch.Tensor):
+                found.add(tensor.untyped_storage().data_ptr())
+    return found
 
 
 def _all_constant(inputs: tuple[tuple[str, Ref], ...]) -> bool:

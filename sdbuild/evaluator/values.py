@@ -151,22 +151,25 @@ def _unpack_bytes(raw: bytes, dtype: int, count: int) -> np.ndarray:
 
 
 def unpack_bits(raw: np.ndarray, bits: int, count: int) -> np.ndarray:
-    """``count`` unsigned ``bits``-wide values packed LSB first into the bytes ``raw``.
+    """``count`` unsigned ``bits``-wide values (``bits`` <= 8) packed LSB first into the bytes ``raw``.
 
     Bytes are taken in groups spanning a whole number of values (e.g. 3 bytes = 4 six-bit
-    values), each group read as one little-endian integer and shifted apart: vectorized and
-    without the 8x blow-up of a per-bit array, which matters for UNet-size palettes.
+    values); value ``j`` of every group is cut from the one or two bytes it spans by uint8
+    shifts over a whole column: vectorized at one byte per value, which matters for UNet-size
+    palettes (a group ends on a value boundary, so a value's second byte is in its group).
     """
-    group_bits = math.lcm(bits, 8)
-    group_bytes, per_group = group_bits // 8, group_bits // bits
+    group_bytes = math.lcm(bits, 8) // 8
+    per_group = group_bytes * 8 // bits
     groups = -(-count // per_group)
     padded = np.zeros(groups * group_bytes, np.uint8)
     padded[: min(raw.size, padded.size)] = raw[: padded.size]
-    words = np.zeros(groups, np.uint32)
-    for i, column in enumerate(padded.reshape(groups, group_bytes).T):
-        words |= column.astype(np.uint32) << np.uint32(8 * i)
+    columns = padded.reshape(groups, group_bytes)
     out = np.empty((groups, per_group), np.uint8)
-    mask = np.uint32((1 << bits) - 1)
+    mask = np.uint8((1 << bits) - 1)
     for j in range(per_group):
-        out[:, j] = (words >> np.uint32(bits * j)) & mask
+        byte, shift = divmod(j * bits, 8)
+        value = columns[:, byte] >> np.uint8(shift)
+        if shift + bits > 8:
+            value |= columns[:, byte + 1] << np.uint8(8 - shift)
+        np.bitwise_and(value, mask, out=out[:, j])
     return out.reshape(-1)[:count]

@@ -29,6 +29,7 @@ from sdbuild.metrics import psnr
 from sdbuild.stages.stage import REPORT, Stage, StageContext, StageResult
 
 if TYPE_CHECKING:
+    from sdbuild.evaluator import DecodedWeights
     from sdbuild.runner.backends import Predictor
 
 NOT_VERIFIED = VerificationInfo(verified=False, reason="verify=false in the recipe")
@@ -39,23 +40,24 @@ def available_backends() -> tuple[str, ...]:
     return ("coreml", "evaluator") if sys.platform == "darwin" else ("evaluator",)
 
 
-def load_backend(name: str, package: Path) -> "Predictor":
-    """``package`` in backend ``name``: Core ML on the CPU, or the evaluator with float16 storage."""
+def load_backend(name: str, package: Path, decoded: "DecodedWeights | None" = None) -> "Predictor":
+    """``package`` in backend ``name``: Core ML on the CPU, or the evaluator with float16 storage
+    (reusing the weights ``decoded`` holds, see `DecodedWeights`)."""
     if name == "coreml":
         from sdbuild.runner.backends import load_predictor
 
         return load_predictor("coreml", package, "CPU_ONLY")
     from sdbuild.evaluator import ProgramEvaluator
 
-    return ProgramEvaluator(package, fp16_storage=True)
+    return ProgramEvaluator(package, fp16_storage=True, decoded=decoded)
 
 
-def run_backends(package: Path, inputs: dict[str, np.ndarray], backends: tuple[str, ...]
-                 ) -> dict[str, dict[str, np.ndarray]]:
+def run_backends(package: Path, inputs: dict[str, np.ndarray], backends: tuple[str, ...],
+                 decoded: "DecodedWeights | None" = None) -> dict[str, dict[str, np.ndarray]]:
     """Outputs of ``package`` per backend."""
     outputs = {}
     for name in backends:
-        predictor = load_backend(name, package)
+        predictor = load_backend(name, package, decoded)
         if name == "evaluator":  # it runs op by op: a long program shows its progress
             outputs[name] = predictor.predict(inputs, progress=f"verify {package.stem}")
         else:
@@ -63,12 +65,13 @@ def run_backends(package: Path, inputs: dict[str, np.ndarray], backends: tuple[s
     return outputs
 
 
-def chunked_outputs(folder: Path, chunks: list[ChunkInfo], inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+def chunked_outputs(folder: Path, chunks: list[ChunkInfo], inputs: dict[str, np.ndarray],
+                    decoded: "DecodedWeights | None" = None) -> dict[str, np.ndarray]:
     """The chunk pipeline's outputs in the evaluator, run by the runner's own chunked predictor."""
     from sdbuild.runner.backends import ChunkedPredictor
 
-    return ChunkedPredictor([(load_backend("evaluator", folder / c.file), [t.name for t in c.interface.inputs])
-                             for c in chunks]).predict(inputs)
+    return ChunkedPredictor([(load_backend("evaluator", folder / c.file, decoded),
+                              [t.name for t in c.interface.inputs]) for c in chunks]).predict(inputs)
 
 
 def lowest_psnr(expected: dict[str, np.ndarray], actual: dict[str, np.ndarray]) -> float:
@@ -151,13 +154,16 @@ class VerifyStage(Stage):
                 "backends": list(available_backends())}
 
     def run(self, ctx: StageContext, out: Path) -> Verified:
+        from sdbuild.evaluator import DecodedWeights
+
         inputs, expected = ctx.results["convert"].reference_data()
-        outputs = run_backends(ctx.latest_package()[1], inputs, available_backends())
+        decoded = DecodedWeights()  # the chunks hold the package's compressed weights: decode them once
+        outputs = run_backends(ctx.latest_package()[1], inputs, available_backends(), decoded)
         result = compare(expected, outputs)
         chunked = ctx.results.get("chunk")
         if chunked is None:
             return result
-        pipeline = chunked_outputs(chunked.folder, chunked.chunks, inputs)
+        pipeline = chunked_outputs(chunked.folder, chunked.chunks, inputs, decoded)
         return Verified(result.backend, result.outputs, round(lowest_psnr(outputs["evaluator"], pipeline), 2))
 
     def check(self, ctx: StageContext, result: Verified) -> None:

@@ -10,7 +10,7 @@ import torch
 from synthetic_components import synthetic_component
 
 from sdbuild import contract
-from sdbuild.evaluator import ProgramEvaluator
+from sdbuild.evaluator import DecodedWeights, ProgramEvaluator
 from sdbuild.metrics import psnr
 from sdbuild.quiet import quiet_coremltools
 from sdbuild.sample_inputs import sample_inputs
@@ -154,3 +154,27 @@ def test_constexpr_ops_are_folded_at_load_time(network):
     evaluator = ProgramEvaluator(compressed)
     assert not any(step.op_type.startswith("constexpr_") for step in evaluator._steps)
     assert evaluator.ios == 18
+
+
+def test_a_package_and_its_copy_decode_their_palettes_once(network, tmp_path):
+    """Verification shares one DecodedWeights between a package and its chunks, which hold the
+    same compressed weights in other files: each palette is decoded once, to the same values."""
+    model = convert_module(network, INTERFACE, precision="float16", target="iOS16")
+    compressed = _palettize(6)(model)
+    compressed.save(str(tmp_path / "a.mlpackage"))
+    compressed.save(str(tmp_path / "b.mlpackage"))
+    decoded = DecodedWeights()
+    first = ProgramEvaluator(tmp_path / "a.mlpackage", fp16_storage=True, decoded=decoded)
+    second = ProgramEvaluator(tmp_path / "b.mlpackage", fp16_storage=True, decoded=decoded)
+    alone = ProgramEvaluator(tmp_path / "b.mlpackage", fp16_storage=True)
+    function = compressed.get_spec().mlProgram.functions["main"]
+    palettes = sum(op.type == "constexpr_lut_to_dense" for op in function.block_specializations[function.opset].operations)
+    assert palettes == len(decoded._results) == 4  # conv1, conv2, fc1, fc2
+    weights = [name for name, const in second._consts.items()
+               if any(const.value is t for results in decoded._results.values() for t in results)]
+    assert len(weights) == palettes
+    for name in weights:
+        assert first._consts[name].value is second._consts[name].value
+        assert torch.equal(alone._consts[name].value, second._consts[name].value)
+    inputs = sample_inputs(INTERFACE, seed=1)
+    np.testing.assert_array_equal(second.predict(inputs)["y"], alone.predict(inputs)["y"])

@@ -154,27 +154,46 @@ def test_constant_subgraphs_fold_and_intermediates_are_released_once(matmul_mode
     assert sorted(released) == sorted((produced | {"x"}) - set(evaluator.output_names))
 
 
-@pytest.mark.parametrize("transpose_y", [True, False])
-def test_attention_chain_is_fused_in_float32_mode_only(transpose_y):
-    """matmul -> softmax -> matmul runs as one attention kernel, with the same result."""
+HEADS_LAST = (0, 1, 3, 2)
+ATTENTION_FORMS = {
+    # name: (the axes of q, k, v and of the output from (B, H, L or S, E), the program), as
+    # sdbuild's ORIGINAL and SPLIT_EINSUM attentions and other converters spell attention.
+    "matmul": ((None, None, None, None),
+               lambda q, k, v: mb.matmul(x=mb.softmax(x=mb.matmul(x=q, y=k, transpose_y=True), axis=-1), y=v)),
+    "matmul-transposed-operands": (
+        (HEADS_LAST, HEADS_LAST, None, HEADS_LAST),
+        lambda q, k, v: mb.matmul(x=v, y=mb.softmax(x=mb.matmul(x=q, y=k, transpose_x=True), axis=-1),
+                                  transpose_x=True, transpose_y=True)),
+    "einsum-softmax-on-axis-1": (
+        ((0, 3, 1, 2), (0, 2, 1, 3), (0, 3, 1, 2), (0, 3, 1, 2)),
+        lambda q, k, v: mb.einsum(values=(v, mb.softmax(x=mb.einsum(values=(k, q), equation="bkhc,bchq->bkhq"),
+                                                        axis=1)), equation="bchk,bkhq->bchq")),
+}
+
+
+def _axes(array: np.ndarray, axes: tuple | None) -> np.ndarray:
+    return array if axes is None else np.ascontiguousarray(array.transpose(axes))
+
+
+@pytest.mark.parametrize("form", list(ATTENTION_FORMS))
+def test_attention_chain_is_fused_in_both_modes(form):
+    """product -> softmax -> product runs as one attention kernel, with the same result."""
     rng = np.random.default_rng(4)
     q, k, v = (rng.standard_normal((2, 3, 5, 4)).astype(np.float32) for _ in range(3))
-    key_shape = (2, 3, 5, 4) if transpose_y else (2, 3, 4, 5)
+    axes, attention = ATTENTION_FORMS[form]
+    arrays = [_axes(a, ax) for a, ax in zip((q, k, v), axes)]
 
-    @mb.program(input_specs=[mb.TensorSpec(shape=(2, 3, 5, 4)), mb.TensorSpec(shape=key_shape),
-                             mb.TensorSpec(shape=(2, 3, 5, 4))], opset_version=ct.target.iOS16)
+    @mb.program(input_specs=[mb.TensorSpec(shape=a.shape) for a in arrays], opset_version=ct.target.iOS16)
     def program(q, k, v):
-        scores = mb.matmul(x=q, y=k, transpose_y=transpose_y)
-        return mb.matmul(x=mb.softmax(x=scores, axis=-1), y=v, name="out")
+        return mb.identity(x=attention(q, k, v), name="out")
 
     model = _convert(program)
-    names = [i.name for i in model.get_spec().description.input]
-    key = k if transpose_y else np.swapaxes(k, -1, -2).copy()
-    inputs = dict(zip(names, (q, key, v)))
+    inputs = dict(zip([i.name for i in model.get_spec().description.input], arrays))
     exact = ProgramEvaluator(model)
     device = ProgramEvaluator(model, fp16_storage=True)
-    assert [s.op_type for s in exact._steps] == ["matmul+softmax+matmul"]
-    assert [s.op_type for s in device._steps] == ["matmul", "softmax", "matmul"]
-    expected = _softmax(q @ np.swapaxes(k, -1, -2)) @ v
+    fused = [s.op_type for s in exact._steps if "softmax" in s.op_type]
+    assert fused == [s.op_type for s in device._steps if "softmax" in s.op_type]
+    assert fused == ["{0}+softmax+{0}".format(form.split("-")[0])]
+    expected = _axes(_softmax(q @ np.swapaxes(k, -1, -2)) @ v, axes[3])
     np.testing.assert_allclose(exact.predict(inputs)["out"], expected, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(device.predict(inputs)["out"], expected, rtol=1e-5, atol=1e-5)

@@ -50,8 +50,6 @@ def test_unet_matches_pytorch(arch, target):
     assert psnr(reference, exact) > psnr(reference, device)
 
 
-@pytest.mark.xfail(strict=True, reason="the evaluator fuses matmul+softmax+matmul only in the graph of the deleted "
-                   "tests/evaluator/evaluator_builders.py; sdbuild.models' attention does not match its pattern")
 def test_float32_mode_fuses_the_attention_of_a_built_unet():
     module, interface = synthetic_component("tiny-sd15", "unet", latent=8, batch=2)
     model = convert_module(module, interface, precision="float16", target="iOS16")

@@ -11,6 +11,7 @@ optionally vector, LUT), ``constexpr_blockwise_shift_scale``, ``constexpr_sparse
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -28,9 +29,42 @@ def _broadcast_on_axis(param: torch.Tensor, rank: int, axis: int) -> torch.Tenso
     return param.reshape(shape)
 
 
-def _unpacked(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
-    values = unpack_bits(packed.numpy().astype(np.uint8).reshape(-1), bits, count)
-    return torch.from_numpy(values).long()
+def _unpacked(packed: torch.Tensor, bits: int, count: int) -> np.ndarray:
+    """One uint8 per value: a palette index or a mask bit."""
+    return unpack_bits(packed.numpy().astype(np.uint8, copy=False).reshape(-1), bits, count)
+
+
+def _gathered(lut: torch.Tensor, indices: np.ndarray) -> torch.Tensor:
+    """``lut[indices]``: numpy gathers by uint8 indices directly (torch would widen them to int64)."""
+    return torch.from_numpy(lut.numpy()[indices])
+
+
+# Below this many values a palette decodes in one thread (a thread pool costs more than it saves).
+_PARALLEL_VALUES = 1 << 20
+
+
+def _palette_decoded(lut: torch.Tensor, packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
+    """``lut[indices]`` for ``count`` ``bits``-wide packed indices, unpacked and gathered in one
+    part per torch thread: numpy releases the GIL in both, and UNet palettes are large."""
+    raw = packed.numpy().astype(np.uint8, copy=False).reshape(-1)
+    parts = torch.get_num_threads()
+    if count < _PARALLEL_VALUES or parts < 2:
+        return _gathered(lut, unpack_bits(raw, bits, count))
+    group_bytes = math.lcm(bits, 8) // 8
+    per_group = group_bytes * 8 // bits
+    part = -(-count // (parts * per_group)) * per_group  # whole byte groups per part
+    table = lut.numpy()
+    out = np.empty(count, table.dtype)
+
+    def decode(start: int) -> None:
+        stop = min(start + part, count)
+        first = start // per_group * group_bytes
+        out[start:stop] = table[unpack_bits(raw[first:first + (part // per_group) * group_bytes], bits,
+                                            stop - start)]
+
+    with ThreadPoolExecutor(parts) as pool:
+        list(pool.map(decode, range(0, count, part)))
+    return torch.from_numpy(out)
 
 
 def _scale_and_zero_point(a: Args, data: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,13 +97,13 @@ def lut_to_dense_ios16(a: Args) -> torch.Tensor:
     lut = a.tensor("lut")
     shape = a.ints("shape")
     bits = int(math.log2(lut.numel()))
-    return lut[_unpacked(a.tensor("indices"), bits, math.prod(shape))].reshape(shape)
+    return _palette_decoded(lut, a.tensor("indices"), bits, math.prod(shape)).reshape(shape)
 
 
 @register("constexpr_sparse_to_dense", since=16)
 def sparse_to_dense_ios16(a: Args) -> torch.Tensor:
     shape = a.ints("shape")
-    mask = _unpacked(a.tensor("mask"), 1, math.prod(shape)).bool()
+    mask = torch.from_numpy(_unpacked(a.tensor("mask"), 1, math.prod(shape))).bool()
     return _scatter_nonzero(a.tensor("nonzero_data"), mask).reshape(shape)
 
 
@@ -88,6 +122,8 @@ def _lut_lookup(indices: torch.Tensor, lut: torch.Tensor, vector_axis: int | Non
     """
     rank = indices.dim()
     vector = lut.shape[-1]
+    if vector == 1 and math.prod(lut.shape[:rank]) == 1 and indices.dtype == torch.uint8:
+        return _gathered(lut.reshape(-1), indices.numpy())  # one palette: a plain gather
     if vector > 1:
         axis = vector_axis % rank
         indices = indices.transpose(-1, axis)

@@ -153,11 +153,11 @@ def test_verification_reruns_where_more_backends_run(tiny_build, shared_cache_di
     real_load = verify.load_backend
     ran_coreml = []
 
-    def load_backend(name, package):
+    def load_backend(name, package, decoded=None):
         if name == "coreml":  # Core ML runs only on macOS: the evaluator stands in for it
             ran_coreml.append(package)
-            return real_load("evaluator", package)
-        return real_load(name, package)
+            return real_load("evaluator", package, decoded)
+        return real_load(name, package, decoded)
 
     monkeypatch.setattr(verify, "available_backends", lambda: ("coreml", "evaluator"))
     monkeypatch.setattr(verify, "load_backend", load_backend)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from sdbuild.cli import compose_recipe, main
@@ -265,14 +266,17 @@ def test_sdxl_kohya_lora_reaches_the_second_text_encoder(tmp_path):
 
 
 def test_synth_lora_command_is_seeded(tmp_path, capsys):
-    def written(name: str, seed: int) -> bytes:
+    def written(name: str, seed: int) -> tuple[dict, dict]:
+        """(header metadata, tensor bytes): safetensors writes metadata keys in a hash map's
+        order, which may differ between two writes, so the bytes of whole files are not compared."""
         out = tmp_path / name
         assert main(["synth-lora", "--architecture", ARCHITECTURE, "--format", "peft", "--seed", str(seed),
                      "--out", str(out)]) == 0
-        return out.read_bytes()
+        with safe_open(str(out), framework="pt") as handle:
+            return handle.metadata(), {k: handle.get_tensor(k).numpy().tobytes() for k in handle.keys()}
 
     first = written("a.safetensors", 3)
-    assert first == written("b.safetensors", 3) and first != written("c.safetensors", 4)
+    assert first == written("b.safetensors", 3) and first[1] != written("c.safetensors", 4)[1]
     assert str(tmp_path / "a.safetensors") in capsys.readouterr().out
     assert main(["synth-lora", "--out", str(tmp_path / "style.bin")]) == 2
     assert "cannot write a LoRA as" in capsys.readouterr().err

@@ -9,8 +9,10 @@ direction exists to write synthetic single files, so both routes meet on the sam
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # validation reads the layout's names; only writing files needs torch
+    import torch
 
 UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
@@ -175,6 +177,8 @@ def _vae(state: dict, config: dict) -> dict:
 
 def _open_clip(state: dict, prefix: str) -> dict:
     """Hugging Face CLIP names -> OpenCLIP's, with q/k/v fused into ``in_proj``."""
+    import torch
+
     out = {
         f"{prefix}token_embedding.weight": state.pop("text_model.embeddings.token_embedding.weight"),
         f"{prefix}positional_embedding": state.pop("text_model.embeddings.position_embedding.weight"),

@@ -55,12 +55,9 @@ def resolve_additions(build: "BuildConfig", source: "ResolvedSource", cache_dir:
     )
 
 
-def identities(additions: tuple[Addition, ...], folders: tuple[str, ...] | None = None) -> list[dict]:
-    """The identities of ``additions`` (only those touching ``folders``, when given)."""
-    return [
-        {"kind": a.kind, **a.identity()} for a in additions
-        if folders is None or set(a.folders) & set(folders)
-    ]
+def identities(additions: tuple[Addition, ...]) -> list[dict]:
+    """Each addition's kind and identity, in apply order."""
+    return [{"kind": a.kind, **a.identity()} for a in additions]
 
 
 def load_with_additions(source: "ResolvedSource", folder: str, additions: tuple[Addition, ...]) -> "torch.nn.Module":

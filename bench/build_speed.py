@@ -129,8 +129,11 @@ def yardstick(folder: Path) -> None:
 
 
 def stage_lines(build_info: dict) -> list[str]:
-    """`component: stage s, ...` per component, from build-info.json's stage_seconds."""
-    return [f"  {component}: " + ", ".join(f"{stage} {seconds:.1f}" for stage, seconds in stages.items())
+    """`component: stage s/GB, ...` per component, from build-info.json's stage_seconds and
+    stage_peak_gb (the builder process's resident memory while the stage ran)."""
+    peaks = build_info.get("stage_peak_gb", {})  # builds before it was recorded have none
+    return [f"  {component}: " + ", ".join(f"{stage} {seconds:.1f} s" + (f"/{peaks[component][stage]:.2f} GB" if stage in peaks.get(component, {}) else "")
+                                           for stage, seconds in stages.items())
             for component, stages in build_info["stage_seconds"].items()]
 
 

@@ -26,6 +26,7 @@ from sdbuild import __version__
 from sdbuild.cache import BuildCache, default_cache_dir
 from sdbuild.cache.remote import RemoteStore
 from sdbuild.manifest import ComponentInfo, Manifest, write_manifest
+from sdbuild.memory import return_freed_memory
 from sdbuild.plan import ComponentJob, plan_jobs
 from sdbuild.progress import StageTimer, build_summary_table
 from sdbuild.sources import write_tokenizer_files
@@ -79,6 +80,7 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
             "placement": spec.placement,
             "seconds": round(time.perf_counter() - started, 3),
             "stage_seconds": timer.timings,
+            "stage_peak_gb": timer.peaks_gb,  # this process's resident memory while the stage ran
             "cache_hits": sum(cache_lookups),
             "cache_lookups": len(cache_lookups),
         })
@@ -110,6 +112,7 @@ class _ComponentRun:
             else:
                 with self.step(stage.name):
                     stage.run(ctx, tmp).save(tmp)
+            return_freed_memory()  # what the stage let go, before the next one grows
             return {"component": self.component}
 
         entry, hit = self.cache.get_or_create(key, create)

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Iterable, TextIO, TypeVar
 
 from sdbuild.environ import scoped_environ
 from sdbuild.interrupts import raise_if_interrupted
+from sdbuild.memory import PeakMemory
 
 if TYPE_CHECKING:
     from sdbuild.manifest import Manifest
@@ -58,11 +59,14 @@ def _tqdm(*args, **kwargs):
 
 @dataclass
 class StageTimer:
-    """Prints `[i/n] component  stage ...  seconds` and keeps each stage's seconds."""
+    """Prints `[i/n] component  stage ...  seconds` and keeps each stage's seconds and the
+    process's peak resident memory while it ran (GB)."""
 
     total: int
     stream: TextIO = field(default_factory=lambda: sys.stderr)
     timings: dict[str, dict[str, float]] = field(default_factory=dict)
+    peaks_gb: dict[str, dict[str, float]] = field(default_factory=dict)
+    memory: PeakMemory = field(default_factory=PeakMemory)
     quiet: bool = field(default_factory=is_quiet)
 
     def _line(self, text: str) -> None:
@@ -82,10 +86,12 @@ class StageTimer:
         raise_if_interrupted()
         self._line(f"{prefix} ...{' ' + detail if detail else ''}")
         start = time.perf_counter()
-        yield
+        with self.memory.window() as memory:
+            yield
         raise_if_interrupted()  # a stage's libraries may have swallowed Ctrl-C or SIGTERM
         seconds = time.perf_counter() - start
         self.timings.setdefault(component, {})[stage] = round(seconds, 3)
+        self.peaks_gb.setdefault(component, {})[stage] = round(memory.peak_bytes / 1e9, 2)
         self._line(f"{prefix} done in {seconds:.1f}s")
 
     def record(self, component: str, stage: str, seconds: float) -> None:

@@ -78,6 +78,9 @@ def test_manifest_records_the_build(tiny_build):
         assert min(o.psnr_db for o in info.verification.outputs) >= info.verification.threshold_db
     info = json.loads((tiny_build / "build-info.json").read_text())
     assert set(info["stage_seconds"]) == set(manifest.components)
+    for component, stages in info["stage_seconds"].items():  # each timed stage has its peak memory
+        peaks = info["stage_peak_gb"][component]
+        assert set(peaks) == set(stages) and all(peak > 0.05 for peak in peaks.values()), component
     assert "built_at" not in (tiny_build / MANIFEST_FILE).read_text()
 
 

@@ -132,7 +132,7 @@ class ProgramEvaluator:
             if op.type == "const":
                 value = decode_value(op.attributes["val"], blobs)
                 # Constants are stored at their declared precision already: nothing to round.
-                self._consts[outputs[0].name] = Const(value)
+                self._consts[outputs[0].name] = Const(value, float16_exact=outputs[0].dtype == DT.FLOAT16)
                 continue
             if len(op.blocks):
                 raise UnsupportedOpError(
@@ -170,19 +170,21 @@ class ProgramEvaluator:
 
     def _fold(self, step: Step) -> None:
         """Evaluate an op whose inputs are all constants once, at load time."""
-        def evaluate() -> tuple[torch.Tensor, ...]:
+        def evaluate() -> tuple[Const, ...]:
             env: dict[str, torch.Tensor] = {}
             values = {key: ref for key, ref in step.inputs}
             with torch.inference_mode():
                 self._store(step, step.kernel(Args(values, step.outputs, self.ios, step.op_type)), env)
-            return tuple(env[o.name] for o in step.outputs)
+            # float16 storage rounded float16 results (decoded weights) to float16 values
+            return tuple(Const(env[o.name], float16_exact=self.fp16_storage and o.dtype == DT.FLOAT16)
+                         for o in step.outputs)
 
         if step.op_type.startswith("constexpr_"):
             results = self._decoded.get(_content_key(step, self.ios, self.fp16_storage), evaluate)
         else:
             results = evaluate()
-        for info, tensor in zip(step.outputs, results):
-            self._consts[info.name] = Const(tensor)
+        for info, const in zip(step.outputs, results):
+            self._consts[info.name] = const
 
     # -- running ---------------------------------------------------------------------------
 
@@ -244,13 +246,13 @@ class DecodedWeights:
 
     Evaluators that share one decode each palette once: a package and its chunks hold the same
     compressed weights under other names and files, so verification passes one instance to the
-    whole model's evaluator and to its chunks'. Holds the decoded tensors while it lives.
+    whole model's evaluator and to its chunks'. Holds the decoded constants while it lives.
     """
 
     def __init__(self) -> None:
-        self._results: dict[bytes, tuple[torch.Tensor, ...]] = {}
+        self._results: dict[bytes, tuple[Const, ...]] = {}
 
-    def get(self, key: bytes, decode: Any) -> tuple[torch.Tensor, ...]:
+    def get(self, key: bytes, decode: Any) -> tuple[Const, ...]:
         if key not in self._results:
             self._results[key] = decode()
         return self._results[key]
@@ -400,7 +402,7 @@ def _storages(values: Any) -> set[int]:
     found = set()
     for value in values:
         for item in value if isinstance(value, list) else [value]:
-            tensor = item.value if isinstance(item, Const) else item
+            tensor = item.stored if isinstance(item, Const) else item  # no upcast: results never alias it
             if isinstance(tensor, torch.Tensor):
                 found.add(tensor.untyped_storage().data_ptr())
     return found

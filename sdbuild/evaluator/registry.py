@@ -52,14 +52,32 @@ def supported_op_types() -> frozenset[str]:
     return frozenset(_KERNELS)
 
 
+COMPACT_FROM = 4096  # elements: smaller float16 constants are not worth an upcast per use
+
+
 class Const:
-    """A value known at load time: a tensor (or string) plus its cached Python form."""
+    """A value known at load time: a tensor (or string) plus its cached Python form.
 
-    __slots__ = ("value", "_python")
+    ``float16_exact`` says a float32 tensor holds float16 values (a float16 weight): a large one is
+    then kept in float16 and handed out as float32 on each use, which is exact and halves the
+    memory a model's weights take in the evaluator (1.7 GB for the SD 2.1 UNet, 5 GB for SDXL's),
+    for an upcast that costs little next to the op reading it.
+    """
 
-    def __init__(self, value: torch.Tensor | str | tuple):
-        self.value = value
+    __slots__ = ("stored", "_python")
+
+    def __init__(self, value: torch.Tensor | str | tuple, float16_exact: bool = False):
+        compact = (float16_exact and isinstance(value, torch.Tensor) and value.dtype == torch.float32
+                   and value.numel() >= COMPACT_FROM)
+        self.stored = value.to(torch.float16) if compact else value
         self._python = None
+
+    @property
+    def value(self) -> torch.Tensor | str | tuple:
+        stored = self.stored
+        if isinstance(stored, torch.Tensor) and stored.dtype == torch.float16:
+            return stored.to(torch.float32)
+        return stored
 
     @property
     def python(self) -> Any:

@@ -47,7 +47,10 @@ def convert_module(
     """
     import torch
 
+    from sdbuild import fp16_pass
+
     ct = quiet_coremltools()
+    fp16_pass.install()
     if not isinstance(module, torch.jit.ScriptModule):
         from sdbuild.sample_inputs import sample_inputs
         from sdbuild.stages.trace import trace_module
@@ -118,6 +121,7 @@ class ConvertStage(Stage):
     def run(self, ctx: StageContext, out: Path) -> Converted:
         # torch, diffusers and coremltools are imported only when a stage really runs, so a fully
         # cached rebuild costs seconds.
+        from sdbuild.memory import return_freed_memory
         from sdbuild.package_io import save_package
         from sdbuild.sample_inputs import sample_inputs
         from sdbuild.stages import load
@@ -130,6 +134,7 @@ class ConvertStage(Stage):
             verify_inputs = sample_inputs(job.interface, seed=VERIFICATION_SEED)
             traced, expected = trace_with_outputs(module, job.interface, verify_inputs)
             del module
+            return_freed_memory()  # the forward's activations, before conversion adds float16 weights
         with ctx.step("convert", f"{job.precision}, {spec.deployment_target}"):
             model = convert_module(traced, job.interface, precision=job.precision, target=spec.deployment_target)
             del traced

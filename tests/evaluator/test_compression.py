@@ -171,10 +171,10 @@ def test_a_package_and_its_copy_decode_their_palettes_once(network, tmp_path):
     palettes = sum(op.type == "constexpr_lut_to_dense" for op in function.block_specializations[function.opset].operations)
     assert palettes == len(decoded._results) == 4  # conv1, conv2, fc1, fc2
     weights = [name for name, const in second._consts.items()
-               if any(const.value is t for results in decoded._results.values() for t in results)]
+               if any(const is shared for results in decoded._results.values() for shared in results)]
     assert len(weights) == palettes
     for name in weights:
-        assert first._consts[name].value is second._consts[name].value
+        assert first._consts[name] is second._consts[name]
         assert torch.equal(alone._consts[name].value, second._consts[name].value)
     inputs = sample_inputs(INTERFACE, seed=1)
     np.testing.assert_array_equal(second.predict(inputs)["y"], alone.predict(inputs)["y"])

@@ -5,9 +5,11 @@ Cache keys chain: compress's key contains convert's, and so on, so changing only
 reuses the float16 conversion, and changing only a placement or the compute-unit hint reuses
 every stage.
 
-Stages that make nothing a later stage reads (`Stage.runs_behind`: verification) run on a
-background thread, one component after another, while the next component converts: conversion is
-mostly single-threaded Python, so the second core verifies meanwhile.
+Components run largest first (`plan.execution_order`). Stages that make nothing a later stage
+reads (`Stage.runs_behind`: verification) run on a background thread, one component after another,
+while the next component converts: conversion is mostly single-threaded Python, so the second core
+verifies meanwhile. They wait for that conversion to start, so a verification never runs beside a
+forward pass (the next component's trace), which would take the same cores and add its memory.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Callable
 
 from sdbuild import __version__
 from sdbuild.cache import BuildCache, default_cache_dir
 from sdbuild.cache.remote import RemoteStore
 from sdbuild.manifest import ComponentInfo, Manifest, write_manifest
 from sdbuild.memory import return_freed_memory
-from sdbuild.plan import ComponentJob, plan_jobs
+from sdbuild.plan import ComponentJob, execution_order, plan_jobs
 from sdbuild.progress import StageTimer, build_summary_table
 from sdbuild.sources import write_tokenizer_files
 from sdbuild.sources.embeddings import added_tokens
@@ -61,15 +64,17 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
             cache.remove_abandoned_staging()
         else:  # same code path, with a store that lives for this build only (and no remote)
             cache = BuildCache(Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="sdbuild-"))))
-        behind = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdbuild-behind")
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sdbuild-behind")
         # On a failure, stages not started are dropped; the running one is waited for, as it
         # may write into the staging folder.
-        stack.callback(behind.shutdown, wait=True, cancel_futures=True)
-        pending: dict[str, Future] = {}
-        for index, job in enumerate(jobs, start=1):
-            _raise_first_failure(pending.values())  # a failed verification stops the next conversion
-            pending[job.name] = _build_component(index, job, spec, cache, timer, staging, cache_lookups, behind)
-        components = {component: future.result() for component, future in pending.items()}
+        stack.callback(executor.shutdown, wait=True, cancel_futures=True)
+        behind = _Behind(executor)
+        for index, job in enumerate(execution_order(jobs), start=1):
+            behind.raise_first_failure()  # a failed verification stops the next conversion
+            rest = _build_component(index, job, spec, cache, timer, staging, cache_lookups, behind.start_waiting)
+            behind.wait(job.name, rest)  # starts the previous component's, if this one converted nothing
+        behind.start_waiting()
+        components = {job.name: behind.result(job.name) for job in jobs}
         tokenizer = [file_info(staging, path) for path in write_tokenizer_files(spec.source, staging, added_tokens(spec.additions))]
         manifest = build_manifest(spec, components, tokenizer)
         write_manifest(manifest, staging)
@@ -122,18 +127,40 @@ class _ComponentRun:
         return entry
 
 
-def _raise_first_failure(futures) -> None:
-    for future in futures:
-        if future.done() and future.exception() is not None:
-            raise future.exception()
+class _Behind:
+    """The stages that run behind, one component's at a time on ``executor``; a component's
+    wait until the next component's conversion starts (`start_waiting`) or it ends without one."""
+
+    def __init__(self, executor: ThreadPoolExecutor) -> None:
+        self._executor = executor
+        self._waiting: tuple[str, Callable[[], ComponentInfo]] | None = None
+        self._futures: dict[str, Future] = {}
+
+    def wait(self, name: str, rest: Callable[[], ComponentInfo]) -> None:
+        self.start_waiting()
+        self._waiting = (name, rest)
+
+    def start_waiting(self) -> None:
+        if self._waiting is not None:
+            name, rest = self._waiting
+            self._waiting = None
+            self._futures[name] = self._executor.submit(rest)
+
+    def raise_first_failure(self) -> None:
+        for future in self._futures.values():
+            if future.done() and future.exception() is not None:
+                raise future.exception()
+
+    def result(self, name: str) -> ComponentInfo:
+        return self._futures[name].result()
 
 
 def _build_component(index, job: ComponentJob, spec: BuildSpec, cache: BuildCache, timer: StageTimer, staging: Path,
-                     cache_lookups: list[bool], behind: ThreadPoolExecutor) -> "Future[ComponentInfo]":
-    """Runs the component's stages up to the first that runs behind; the rest, and storing the
-    component, go to ``behind``."""
+                     cache_lookups: list[bool], single_threaded: Callable[[], None]) -> Callable[[], ComponentInfo]:
+    """Runs the component's stages up to the first that runs behind; returns the rest, with
+    storing the component."""
     run = _ComponentRun(cache, timer, index, job.name, cache_lookups)
-    ctx = StageContext(spec, job, run.step)
+    ctx = StageContext(spec, job, run.step, single_threaded=single_threaded)
     fields: dict = {}
 
     def run_stages(stages: tuple[Stage, ...]) -> None:
@@ -158,4 +185,4 @@ def _build_component(index, job: ComponentJob, spec: BuildSpec, cache: BuildCach
 
     first_behind = next((i for i, stage in enumerate(COMPONENT_STAGES) if stage.runs_behind), len(COMPONENT_STAGES))
     run_stages(COMPONENT_STAGES[:first_behind])
-    return behind.submit(finish)
+    return finish

@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sdbuild.contract import (
-    CONTROLNET, VAE_DECODER, VAE_ENCODER, Interface, component_interface, controlnet_key,
-    package_file_name, submodel_folders,
+    CONTROL_UNET, CONTROLNET, REFINER, SAFETY_CHECKER, TEXT_ENCODER, TEXT_ENCODER_2, UNET, VAE_DECODER,
+    VAE_ENCODER, Interface, component_interface, controlnet_key, package_file_name, submodel_folders,
 )
 from sdbuild.attention_choice import ATTENTION_COMPONENTS
 from sdbuild.sources.additions import Addition
@@ -62,3 +62,14 @@ def _job(spec: BuildSpec, component: str, additions: tuple[Addition, ...], name:
         min_psnr=spec.min_psnr.for_component(component),
         min_chunks_psnr=spec.min_psnr.chunks,
     )
+
+
+# Components from the most weights to the fewest (SD 2.1: UNet 865M, text encoder 340M, VAE 84M).
+_BY_SIZE = (UNET, REFINER, CONTROL_UNET, CONTROLNET, TEXT_ENCODER_2, TEXT_ENCODER, SAFETY_CHECKER, VAE_DECODER,
+            VAE_ENCODER)
+
+
+def execution_order(jobs: list[ComponentJob]) -> list[ComponentJob]:
+    """The order the builder runs ``jobs`` in: largest first, so the largest conversion, the
+    build's peak, never has another component's verification running beside it."""
+    return sorted(jobs, key=lambda job: _BY_SIZE.index(job.component))

@@ -135,6 +135,7 @@ class ConvertStage(Stage):
             traced, expected = trace_with_outputs(module, job.interface, verify_inputs)
             del module
             return_freed_memory()  # the forward's activations, before conversion adds float16 weights
+        ctx.single_threaded()
         with ctx.step("convert", f"{job.precision}, {spec.deployment_target}"):
             model = convert_module(traced, job.interface, precision=job.precision, target=spec.deployment_target)
             del traced

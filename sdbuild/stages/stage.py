@@ -52,6 +52,9 @@ class StageContext:
     spec: "BuildSpec"
     job: "ComponentJob"
     step: Callable[..., AbstractContextManager]  # step(name, detail=""): a timed progress line
+    # A stage calls it when what follows runs in one thread (coremltools' conversion), so that
+    # work waiting for a free core (the previous component's verification) starts then.
+    single_threaded: Callable[[], None] = lambda: None
     keys: dict[str, str] = field(default_factory=dict)  # stage name -> cache key, in run order
     results: dict[str, StageResult] = field(default_factory=dict)
 

@@ -1,8 +1,9 @@
+import gc
 import time
 
 import numpy as np
 
-from sdbuild.memory import SAMPLE_SECONDS, PeakMemory, resident_bytes
+from sdbuild.memory import SAMPLE_SECONDS, PeakMemory, resident_bytes, return_freed_memory
 
 
 def test_a_window_sees_memory_taken_and_freed_inside_it_and_overlapping_windows_keep_their_own_peaks():
@@ -17,3 +18,19 @@ def test_a_window_sees_memory_taken_and_freed_inside_it_and_overlapping_windows_
     assert inner.peak_bytes - resident_bytes() > 250e6
     assert outer.peak_bytes >= inner.peak_bytes
     assert later.peak_bytes < inner.peak_bytes - 250e6
+
+
+def test_memory_held_by_an_unreachable_reference_cycle_goes_back_to_the_system():
+    class Node:
+        pass
+
+    gc.disable()  # as between two automatic collections: only an explicit one frees the cycle
+    try:
+        node = Node()
+        node.itself, node.data = node, np.ones(200_000_000 // 8)
+        with_cycle = resident_bytes()
+        del node
+        return_freed_memory()
+        assert resident_bytes() < with_cycle - 150e6
+    finally:
+        gc.enable()

@@ -90,7 +90,7 @@ def build(spec: BuildSpec, stream=None) -> BuildResult:
             "cache_lookups": len(cache_lookups),
         })
         publish(staging, spec.output_dir)
-    timer.summary("\n" + build_summary_table(manifest, timer.timings))
+    timer.summary("\n" + build_summary_table(manifest, timer.timings, timer.peaks_gb))
     timer.summary(f"built {spec.output_dir} in {time.perf_counter() - started:.1f}s")
     return BuildResult(spec.output_dir, manifest, timer.timings)
 

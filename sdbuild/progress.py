@@ -98,8 +98,9 @@ class StageTimer:
         self.timings.setdefault(component, {})[stage] = round(seconds, 3)
 
 
-def build_summary_table(manifest: "Manifest", timings: dict[str, dict[str, float]]) -> str:
-    """One row per component: file, size, compression, lowest PSNR, seconds."""
+def build_summary_table(manifest: "Manifest", timings: dict[str, dict[str, float]],
+                        peaks_gb: dict[str, dict[str, float]]) -> str:
+    """One row per component: file, size, compression, lowest PSNR, seconds, peak memory."""
     rows = []
     for name, info in manifest.components.items():
         psnr = min((o.psnr_db for o in info.verification.outputs), default=None)
@@ -110,8 +111,9 @@ def build_summary_table(manifest: "Manifest", timings: dict[str, dict[str, float
             info.compression.mode,
             "-" if psnr is None else f"{psnr:.1f}",
             f"{sum(timings.get(name, {}).values()):.1f}",
+            f"{max(peaks_gb[name].values()):.2f}" if peaks_gb.get(name) else "-",  # "-": all cached
         ])
-    return format_table(["component", "file", "MB", "compression", "PSNR dB", "seconds"], rows)
+    return format_table(["component", "file", "MB", "compression", "PSNR dB", "seconds", "peak GB"], rows)
 
 
 def format_table(headers: list[str], rows: list[list[str]]) -> str:

@@ -140,7 +140,7 @@ def test_quiet_build_prints_only_its_summary(tmp_path, shared_cache_dir, capsys)
     assert main(["--quiet", *args]) == 0
     quiet = capsys.readouterr().err
     assert "[1/1] text_encoder" in loud and "[1/1]" not in quiet
-    assert "built " in quiet and "PSNR dB" in quiet, "the summary table and the result stay"
+    assert "built " in quiet and "PSNR dB" in quiet and "peak GB" in quiet, "the summary table and the result stay"
     assert QUIET_ENV not in os.environ
 
 

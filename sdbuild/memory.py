@@ -22,6 +22,9 @@ from pathlib import Path
 _STATM = Path("/proc/self/statm")
 _PAGE_BYTES = resource.getpagesize()
 SAMPLE_SECONDS = 0.05
+# A full collection takes about 0.3 s once torch and coremltools are loaded: worth it for
+# real-size models, not for the tiny ones the test suite builds by the hundred.
+WORTH_RETURNING_BYTES = 2e9
 
 
 def resident_bytes() -> int:
@@ -32,11 +35,14 @@ def resident_bytes() -> int:
     return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB elsewhere
 
 
-def return_freed_memory() -> None:
+def return_freed_memory(when_above: float = WORTH_RETURNING_BYTES) -> None:
     """Free what is no longer used and hand it back to the system, so the next stage's peak
     starts lower: coremltools' programs are reference cycles that only the cycle collector frees
     (1.7 GB of float16 weights after the SD 2.1 UNet's conversion), and glibc keeps freed memory
-    otherwise (after the UNet's forward pass, about 0.7 GB)."""
+    otherwise (after the UNet's forward pass, about 0.7 GB). Only while this process holds more
+    than ``when_above`` bytes."""
+    if resident_bytes() < when_above:
+        return
     gc.collect()
     trim = _malloc_trim()
     if trim is not None:

@@ -30,7 +30,7 @@ def test_memory_held_by_an_unreachable_reference_cycle_goes_back_to_the_system()
         node.itself, node.data = node, np.ones(200_000_000 // 8)
         with_cycle = resident_bytes()
         del node
-        return_freed_memory()
+        return_freed_memory(when_above=0)  # a test process is smaller than a real build
         assert resident_bytes() < with_cycle - 150e6
     finally:
         gc.enable()

@@ -83,7 +83,7 @@ def _product_labels(step: Step, shapes: dict[str, tuple]) -> tuple[list[Ref], li
 
 def _shape(ref: Ref, shapes: dict[str, tuple]) -> tuple | None:
     if isinstance(ref, Const):
-        return tuple(ref.value.shape) if isinstance(ref.value, torch.Tensor) else None
+        return tuple(ref.stored.shape) if isinstance(ref.stored, torch.Tensor) else None  # no upcast for a shape
     return shapes.get(ref) if isinstance(ref, str) else None
 
 

@@ -42,7 +42,7 @@ from sdbuild.metrics import psnr  # noqa: E402
 from sdbuild.models import build_component_module  # noqa: E402
 from sdbuild.package_io import save_package  # noqa: E402
 from sdbuild.progress import format_table  # noqa: E402
-from sdbuild.quiet import quiet_coremltools  # noqa: E402
+from sdbuild.quiet import import_coremltools  # noqa: E402
 from sdbuild.sample_inputs import sample_inputs  # noqa: E402
 from sdbuild.sources import load_submodel, resolve_source  # noqa: E402
 from sdbuild.config.layer_plan import layer_plan_of  # noqa: E402
@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--work-dir", type=Path, help="keep packages here (default: a temporary folder)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    ct = quiet_coremltools()
+    ct = import_coremltools()
 
     source = resolve_source(ModelConfig(source=SourceKind.synthetic, architecture="sd21-base", seed=0))
     interface = component_interface("unet", source.arch, (64, 64), 1)

@@ -48,7 +48,7 @@ from sdbuild.metrics import psnr  # noqa: E402
 from sdbuild.models import build_component_module  # noqa: E402
 from sdbuild.package_io import save_package  # noqa: E402
 from sdbuild.progress import format_table  # noqa: E402
-from sdbuild.quiet import quiet_coremltools  # noqa: E402
+from sdbuild.quiet import import_coremltools  # noqa: E402
 from sdbuild.sample_inputs import sample_inputs  # noqa: E402
 from sdbuild.sources import load_submodel, resolve_source  # noqa: E402
 from sdbuild.stages.chunk import chunk  # noqa: E402
@@ -146,7 +146,7 @@ def verification(source, work: Path, components: list[str]) -> list[list[str]]:
     attention = "SPLIT_EINSUM"
     for component in components:
         interface = component_interface(component, source.arch, LATENT, BATCH)
-        ct = quiet_coremltools()
+        ct = import_coremltools()
 
         def float16():
             return convert_module(_module(source, component, attention), interface, precision="float16",

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from sdbuild.errors import SdbuildError
-from sdbuild.quiet import quiet_coremltools
+from sdbuild.quiet import import_coremltools
 
 if TYPE_CHECKING:
     import coremltools as ct
@@ -31,7 +31,7 @@ class WeightTensor:
 
 def load_program(model: "ct.models.MLModel | Path | str") -> "Program":
     """The MIL program of a saved or in-memory ML Program (a fresh copy, safe to edit)."""
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     from coremltools.converters.mil.frontend.milproto import load as milproto
 
     if not isinstance(model, ct.models.MLModel):
@@ -99,7 +99,7 @@ def _names(ops) -> tuple[str, ...]:
 
 def program_to_model(prog: "Program", source_spec) -> "ct.models.MLModel":
     """Serialize ``prog`` as an ML Program of ``source_spec``'s version, without re-optimizing it."""
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     from coremltools.converters.mil.converter import mil_convert
 
     # The program was optimized at conversion; compression and chunking only swap constants or

@@ -198,9 +198,9 @@ def _manifest_bytes(manifest: dict) -> bytes:
 
 
 def _rewrite_spec(spec_path: Path, metadata: dict[str, str]) -> None:
-    from sdbuild.quiet import quiet_coremltools
+    from sdbuild.quiet import import_coremltools
 
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     spec = ct.proto.Model_pb2.Model()
     spec.ParseFromString(spec_path.read_bytes())
     user_defined = spec.description.metadata.userDefined

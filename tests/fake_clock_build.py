@@ -12,9 +12,9 @@ import sys
 
 def fake_coremltools_date(fake: datetime.date) -> None:
     """coremltools stamps `date.today()` into every model; make that clock read ``fake``."""
-    from sdbuild.quiet import quiet_coremltools
+    from sdbuild.quiet import import_coremltools
 
-    quiet_coremltools()
+    import_coremltools()
     import coremltools.converters._converters_entry as entry
 
     class FakeDate(datetime.date):

@@ -132,7 +132,7 @@ def test_concurrent_builders_share_a_cache_safely(tmp_path):
 def test_source_date_epoch_reaches_a_warm_cache_build(tiny_build, shared_cache_dir, tmp_path, monkeypatch):
     """The date is written into the package, so it is part of the convert key and the build id:
     a cache filled without it must not hand back an undated package."""
-    from sdbuild.quiet import quiet_coremltools
+    from sdbuild.quiet import import_coremltools
 
     overrides = [f"cache.dir={shared_cache_dir}", "components=[text_encoder]", "verify=false"]
     assert main([f"output.dir={tmp_path / 'undated'}", *overrides]) == 0
@@ -140,7 +140,7 @@ def test_source_date_epoch_reaches_a_warm_cache_build(tiny_build, shared_cache_d
     assert main([f"output.dir={tmp_path / 'dated'}", *overrides]) == 0
     build = only_build(tmp_path / "dated")
     assert build.name != only_build(tmp_path / "undated").name, "the date is part of the build id"
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     (package,) = build.glob("*.mlpackage")
     metadata = ct.models.MLModel(str(package), skip_model_load=True).get_spec().description.metadata.userDefined
     assert metadata["com.github.apple.coremltools.conversion_date"] == "2023-11-14"

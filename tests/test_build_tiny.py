@@ -14,14 +14,14 @@ from sdbuild.contract import ArchInfo, component_interface
 from sdbuild.errors import SdbuildError
 from sdbuild.manifest import MANIFEST_FILE, Manifest, check_build, read_manifest, write_manifest
 from sdbuild.package_io import package_digest
-from sdbuild.quiet import quiet_coremltools
+from sdbuild.quiet import import_coremltools
 
 _DTYPES = {65552: "float16", 65568: "float32"}  # Core ML ArrayDataType enum values
 
 
 def package_interface(path: Path) -> dict:
     """Names, shapes and dtypes as the saved package declares them."""
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     description = ct.models.MLModel(str(path), skip_model_load=True).get_spec().description
 
     def tensors(features):

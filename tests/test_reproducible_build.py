@@ -39,13 +39,13 @@ def test_rebuild_in_another_process_clock_and_folder_is_identical(tiny_build, tm
 
 
 def test_source_date_epoch_is_honoured_and_reproducible(tmp_path):
-    from sdbuild.quiet import quiet_coremltools
+    from sdbuild.quiet import import_coremltools
 
     epoch = {"SOURCE_DATE_EPOCH": "1700000000"}  # 2023-11-14 UTC
     first = build_in_subprocess(tmp_path / "a", "2001-01-01", epoch, "components=[text_encoder]")
     second = build_in_subprocess(tmp_path / "b", "2040-12-31", {**epoch, "TZ": "America/Anchorage"}, "components=[text_encoder]")
     assert tree_digests(first) == tree_digests(second)
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     (package,) = first.glob("*.mlpackage")
     metadata = ct.models.MLModel(str(package), skip_model_load=True).get_spec().description.metadata.userDefined
     assert metadata["com.github.apple.coremltools.conversion_date"] == "2023-11-14"

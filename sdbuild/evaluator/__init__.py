@@ -11,10 +11,10 @@ from typing import Any
 
 import numpy as np
 
-from sdbuild.quiet import quiet_coremltools
+from sdbuild.quiet import import_coremltools
 
 # The evaluator reads coremltools' protobufs at import; import coremltools quietly first.
-quiet_coremltools()
+import_coremltools()
 
 from sdbuild.evaluator.program import DecodedWeights, ProgramEvaluator  # noqa: E402
 from sdbuild.evaluator.registry import UnsupportedOpError, supported_op_types  # noqa: E402

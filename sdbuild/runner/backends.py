@@ -30,9 +30,9 @@ def resolve_backend(name: str) -> str:
 
 class _CoreMLPredictor:
     def __init__(self, package: Path, compute_units: str):
-        from sdbuild.quiet import quiet_coremltools
+        from sdbuild.quiet import import_coremltools
 
-        ct = quiet_coremltools()
+        ct = import_coremltools()
         self._model = ct.models.MLModel(str(package), compute_units=ct.ComputeUnit[compute_units])
         float16 = ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT16
         self._float16_inputs = {

@@ -23,7 +23,7 @@ from sdbuild.config.compression_rules import check_chunking
 from sdbuild.contract import package_file_name
 from sdbuild.errors import SdbuildError
 from sdbuild.manifest import ChunkInfo, InterfaceInfo
-from sdbuild.quiet import quiet_coremltools
+from sdbuild.quiet import import_coremltools
 from sdbuild.mlprogram import load_program, program_to_model, storage_bits
 from sdbuild.stages.stage import REPORT, Stage, StageContext, StageResult
 
@@ -89,7 +89,7 @@ def chunk(package: Path, cfg: ChunkingConfig, out_dir: Path, model_id: str, comp
     ``out_dir``; returns what the manifest records of each."""
     from sdbuild.package_io import file_size, package_digest, save_package
 
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     source = ct.models.MLModel(str(package), skip_model_load=True)
     spec = source.get_spec()
     metadata = dict(spec.description.metadata.userDefined)

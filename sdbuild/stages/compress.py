@@ -27,7 +27,7 @@ from sdbuild.manifest import CompressionInfo
 from sdbuild.mlprogram import WeightTensor, load_program, program_to_model, weight_tensors
 from sdbuild.palette import KMeansPalette
 from sdbuild.progress import counter
-from sdbuild.quiet import quiet_coremltools
+from sdbuild.quiet import import_coremltools
 from sdbuild.stages.stage import PACKAGE, REPORT, Stage, StageContext, StageResult
 
 if TYPE_CHECKING:
@@ -77,7 +77,7 @@ def compress(model: "ct.models.MLModel", cfg: QuantizationConfig, component: str
 
 
 def _check_opset(prog: "Program", rules: CompressionRules, component: str) -> None:
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     needs_ios18 = sorted({s.mode for s in rules.schemes() if s.mode in IOS18_ONLY_MODES})
     opset = prog.functions["main"].opset_version
     if needs_ios18 and opset < ct.target.iOS18:
@@ -157,7 +157,7 @@ def _names_weight(key: str, weight: WeightTensor) -> bool:
 
 def _apply(prog: "Program", decisions: dict[str, WeightScheme], cfg: QuantizationConfig) -> None:
     """Run coremltools' compression passes with one named config per decided constant."""
-    quiet_coremltools()
+    import_coremltools()
     import coremltools.optimize.coreml as cto  # registers the compression passes
     from coremltools.converters.mil.mil.passes.graph_pass import PassOption
     from coremltools.converters.mil.mil.passes.pass_registry import PASS_REGISTRY
@@ -247,7 +247,7 @@ class CompressStage(Stage):
     def run(self, ctx: StageContext, out: Path) -> Compressed:
         from sdbuild.package_io import save_package
 
-        ct = quiet_coremltools()
+        ct = import_coremltools()
         spec = ctx.spec
         model = ct.models.MLModel(str(ctx.latest_package()[1]), skip_model_load=True)
         compressed, report = compress(model, spec.quantization, ctx.job.component, spec.deployment_target,

@@ -16,7 +16,7 @@ import numpy as np
 
 from sdbuild.contract import Interface
 from sdbuild.manifest import CompressionInfo
-from sdbuild.quiet import quiet_coremltools
+from sdbuild.quiet import import_coremltools
 from sdbuild.sources.additions import identities
 from sdbuild.stages.stage import PACKAGE, Stage, StageContext, StageResult
 from sdbuild.versions import tool_versions
@@ -47,10 +47,7 @@ def convert_module(
     """
     import torch
 
-    from sdbuild import fp16_pass
-
-    ct = quiet_coremltools()
-    fp16_pass.install()
+    ct = import_coremltools()
     if not isinstance(module, torch.jit.ScriptModule):
         from sdbuild.sample_inputs import sample_inputs
         from sdbuild.stages.trace import trace_module

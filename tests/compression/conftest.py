@@ -84,11 +84,11 @@ def unet_ios18(tiny_source, tiny_interface, shared_cache_dir) -> Path:
 def compressed(tmp_path_factory):
     """compressed(package, cfg, target) -> (saved package, report), each combination once."""
     from sdbuild.package_io import save_package
-    from sdbuild.quiet import quiet_coremltools
+    from sdbuild.quiet import import_coremltools
     from sdbuild.config.layer_plan import layer_plan_of
     from sdbuild.stages.compress import compress
 
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     root = tmp_path_factory.mktemp("compressed")
     done: dict[str, tuple[Path, object]] = {}
 

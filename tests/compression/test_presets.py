@@ -13,7 +13,7 @@ from sdbuild.config.compression import QuantizationConfig
 from sdbuild.errors import SdbuildError
 from sdbuild.metrics import psnr
 from sdbuild.package_io import package_digest, save_package
-from sdbuild.quiet import quiet_coremltools
+from sdbuild.quiet import import_coremltools
 from sdbuild.config.layer_plan import layer_plan_of, read_layer_plan
 from sdbuild.stages.compress import compress
 
@@ -99,7 +99,7 @@ def test_linear8_is_close_to_float16(unet_ios16, compressed, tiny_inputs, float_
 
 
 def test_none_and_uncovered_components_are_returned_unchanged(unet_ios16):
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     model = ct.models.MLModel(str(unet_ios16), skip_model_load=True)
     for cfg, component in ((preset("none"), "unet"), (preset("kmeans4"), "vae_decoder")):
         result, report = compress(model, cfg, component, "iOS16")
@@ -111,7 +111,7 @@ def test_none_and_uncovered_components_are_returned_unchanged(unet_ios16):
 
 
 def test_same_recipe_same_bytes_and_the_seed_changes_them(unet_ios16, compressed, tmp_path):
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     cfg = preset("kmeans4", weight_threshold=TEST_WEIGHT_THRESHOLD)
     first, _ = compressed(unet_ios16, cfg, "iOS16")
     again, _ = compress(ct.models.MLModel(str(unet_ios16), skip_model_load=True), cfg, "unet", "iOS16")
@@ -122,7 +122,7 @@ def test_same_recipe_same_bytes_and_the_seed_changes_them(unet_ios16, compressed
 
 
 def test_ios18_options_refuse_a_model_converted_for_ios16(unet_ios16):
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     model = ct.models.MLModel(str(unet_ios16), skip_model_load=True)
     with pytest.raises(SdbuildError, match="converted for iOS16"):
         compress(model, preset("blockwise_int4"), "unet", "iOS18")
@@ -158,7 +158,7 @@ def test_mixed_bit_layer_plan_is_applied_by_layer_name(unet_ios16, compressed):
 
 
 def test_a_layer_plan_for_another_model_fails(unet_ios16, tmp_path):
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     recipe = tmp_path / "other.json"
     recipe.write_text('{"down_blocks.9.resnets.0.conv1": 4, "encoder.mid.conv": 6}')
     model = ct.models.MLModel(str(unet_ios16), skip_model_load=True)
@@ -168,7 +168,7 @@ def test_a_layer_plan_for_another_model_fails(unet_ios16, tmp_path):
 
 
 def test_a_misspelt_op_name_fails(unet_ios16):
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     model = ct.models.MLModel(str(unet_ios16), skip_model_load=True)
     cfg = QuantizationConfig(mode="kmeans", nbits=4, op_config={"op_name": {"down_blocks.0.resnet.0.conv1": None}})
     with pytest.raises(SdbuildError, match="does not have: down_blocks.0.resnet.0.conv1"):

@@ -12,12 +12,12 @@ from synthetic_components import synthetic_component
 from sdbuild import contract
 from sdbuild.evaluator import DecodedWeights, ProgramEvaluator
 from sdbuild.metrics import psnr
-from sdbuild.quiet import quiet_coremltools
+from sdbuild.quiet import import_coremltools
 from sdbuild.sample_inputs import sample_inputs
 from sdbuild.stages.convert import convert_module
 from sdbuild.stages.trace import reference_outputs
 
-quiet_coremltools()
+import_coremltools()
 import coremltools.optimize.coreml as cto  # noqa: E402
 
 

@@ -7,9 +7,9 @@ import pytest
 
 from sdbuild.errors import SdbuildError
 from sdbuild.evaluator import ProgramEvaluator, UnsupportedOpError, evaluate
-from sdbuild.quiet import quiet_coremltools
+from sdbuild.quiet import import_coremltools
 
-ct = quiet_coremltools()
+ct = import_coremltools()
 from coremltools.converters.mil import Builder as mb  # noqa: E402
 from coremltools.converters.mil.mil import types  # noqa: E402
 

@@ -13,7 +13,7 @@ import pytest
 
 from sdbuild import contract
 from sdbuild.models import build_component_module
-from sdbuild.quiet import quiet_coremltools
+from sdbuild.quiet import import_coremltools
 from sdbuild.stages.convert import convert_module
 
 from tiny_models import supported_pairs, OTHER_COMPONENTS, TINY_ARCHS, contract_inputs, submodels_for, tiny_source
@@ -32,7 +32,7 @@ UNET_LIKE_CONVERSIONS = [
 
 def _spec_interface(model) -> dict:
     """(name, shape, dtype) of each declared input and output of a converted model."""
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     data_type = ct.proto.FeatureTypes_pb2.ArrayFeatureType.ArrayDataType.Name
     description = model.get_spec().description
 

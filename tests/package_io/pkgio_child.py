@@ -24,9 +24,9 @@ def build_tiny_model():
     ordering nondeterminism, small enough to convert in about a second."""
     import torch
 
-    from sdbuild.quiet import quiet_coremltools
+    from sdbuild.quiet import import_coremltools
 
-    ct = quiet_coremltools()
+    ct = import_coremltools()
 
     class TinyBlock(torch.nn.Module):
         def __init__(self):

@@ -26,16 +26,16 @@ def _no_source_date(monkeypatch):
 
 
 def _metadata(package: Path) -> dict[str, str]:
-    from sdbuild.quiet import quiet_coremltools
+    from sdbuild.quiet import import_coremltools
 
-    spec = quiet_coremltools().utils.load_spec(str(package))
+    spec = import_coremltools().utils.load_spec(str(package))
     return dict(spec.description.metadata.userDefined)
 
 
 def test_normalize_makes_two_coremltools_saves_identical(tmp_path, tiny_mlmodel):
-    from sdbuild.quiet import quiet_coremltools
+    from sdbuild.quiet import import_coremltools
 
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     # A second MLModel of the same program gets its own temporary package, with new identifiers.
     twin = ct.models.MLModel(tiny_mlmodel.get_spec(), weights_dir=tiny_mlmodel.weights_dir, skip_model_load=True)
     first, second = tmp_path / "a.mlpackage", tmp_path / "b.mlpackage"

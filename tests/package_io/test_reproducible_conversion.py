@@ -71,9 +71,9 @@ def test_separate_processes_give_identical_packages(converted_in_children, sourc
 def test_saved_package_loads_with_expected_spec_and_metadata(converted_in_children):
     from pkgio_child import USER_METADATA
 
-    from sdbuild.quiet import quiet_coremltools
+    from sdbuild.quiet import import_coremltools
 
-    ct = quiet_coremltools()
+    ct = import_coremltools()
     package = converted_in_children(EPOCH)[1] / "model.mlpackage"
     manifest_before = (package / "Manifest.json").read_bytes()
 

@@ -1,6 +1,6 @@
 """coremltools' graph-pass machinery made faster, with the same programs (so the same packages).
 
-Profiling the SD 2.1 UNet's conversion found two costs that check or log rather than convert:
+Profiling the SD 2.1 UNet's conversion found these costs, which check or log rather than convert:
 - The float16 pass (`common::add_fp16_cast`) asks, before casting an op, whether a float32
   constant input holds a finite value beyond float16's range. coremltools 9 answers with `np.where`
   over every element (index arrays of 8 bytes per element per dimension: two thirds of that
@@ -9,7 +9,7 @@ Profiling the SD 2.1 UNet's conversion found two costs that check or log rather 
   constants for values that became zero, counting elements by copying every constant, however
   large; `check_underflow_to_zero` skips the large ones before that copy.
 - The pass pipeline validates the whole program after each of its ~110 passes (a third of the
-  remaining time), and prints the program into debug messages that are then discarded.
+  remaining time under cProfile), and prints the program into debug messages that are then discarded.
   `apply_pipeline` validates where it can catch something new: before the pipeline, after each
   dead-code elimination (where coremltools also checks the ops' essential scope information) and
   after the last pass; it formats the program only when debug logging is on.

@@ -118,7 +118,7 @@ class ConvertStage(Stage):
     def run(self, ctx: StageContext, out: Path) -> Converted:
         # torch, diffusers and coremltools are imported only when a stage really runs, so a fully
         # cached rebuild costs seconds.
-        from sdbuild.memory import return_freed_memory
+        from sdbuild.memory import map_large_allocations, return_freed_memory
         from sdbuild.package_io import save_package
         from sdbuild.sample_inputs import sample_inputs
         from sdbuild.stages import load
@@ -127,6 +127,7 @@ class ConvertStage(Stage):
         spec, job = ctx.spec, ctx.job
         with ctx.step("load", f"{job.submodel} weights only"):
             module = load.load_component(spec, job)
+        map_large_allocations(sum(p.numel() * p.element_size() for p in module.parameters()))
         with ctx.step("trace"):
             verify_inputs = sample_inputs(job.interface, seed=VERIFICATION_SEED)
             traced, expected = trace_with_outputs(module, job.interface, verify_inputs)

@@ -66,10 +66,10 @@ def map_large_allocations(model_weight_bytes: float) -> None:
     activations below it then come from the heap, which keeps what they free, fragmented. The
     SDXL UNet's trace peaked at 20.8 GB with the default and at 14.4 GB with this (bench); each
     mapped block costs page faults when it is first written, hence the size gate."""
-    mallopt = _glibc("mallopt")
-    if model_weight_bytes < MAPPED_FROM_WEIGHT_BYTES or mallopt is None:
+    if model_weight_bytes < MAPPED_FROM_WEIGHT_BYTES or "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    mallopt = _glibc("mallopt")
+    if mallopt is not None:
         mallopt(M_MMAP_THRESHOLD, OWN_MAPPING_FROM_BYTES)
 
 
